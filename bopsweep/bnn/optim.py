@@ -1,0 +1,472 @@
+"""Bop, its second-order variant, and the routing of binary vs real parameters.
+
+Bop (Helwegen et al., "Latent Weights Do Not Exist: Rethinking Binarized Neural
+Network Optimization", NeurIPS 2019) trains binary weights without latent weights:
+it keeps an exponential moving average ``m`` of the gradient and flips a weight when
+``m`` agrees with it strongly enough::
+
+    m <- m + gamma * (g - m)
+    w <- -w   if w * m > threshold   else   w
+
+The new weight is computed as Larq does, ``sign(-tf.sign(w*m - threshold) * w)``
+with ``sign(0) = +1``, so every weight is exactly +-1 after a step, a weight not yet
++-1 becomes its sign, and the exact tie ``w*m == threshold`` gives +1.
+
+The layout follows ``torch/optim/adam.py``: the optimizer class validates and
+gathers tensors, a functional entry (:func:`bop`) dispatches to a
+``_single_tensor_bop`` reference or the ``_multi_tensor_bop`` foreach kernel, which
+have the same signature and agree bit for bit.
+
+Only binary kernels go through Bop. :class:`CaseOptimizer` is the one optimizer
+object a training loop steps: binary kernels (as marked by their layers) go to one
+optimizer and every other parameter to a full-precision one (Adam in the paper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from bopsweep.bnn.schedules import Schedule, as_schedule
+
+__all__ = ["Bop", "Bop2ndOrder", "CaseOptimizer", "bop", "bop2"]
+
+# "Bop and Beyond" divides by sqrt(v) + eps with this eps.
+_BOP2_EPS = 1e-10
+
+
+# --------------------------------------------------------------------------- kernels
+def _flip_single(w: Tensor, score: Tensor, threshold: float, flips: Tensor | None) -> None:
+    # tf.sign semantics here (sign(0) = 0) is what makes the tie give +1 below.
+    s = torch.sign(w * score - threshold)
+    if flips is not None:
+        flips.add_((s > 0).sum())
+    # Larq's sign(-s * w) with sign(0) = +1: -1 exactly where s * w > 0.
+    w.copy_(torch.where(s * w > 0, -1.0, 1.0))
+
+
+def _flip_multi(
+    ws: list[Tensor], scores: list[Tensor], threshold: float, flips: list[Tensor] | None
+) -> None:
+    s = torch._foreach_mul(ws, scores)
+    torch._foreach_sub_(s, threshold)
+    torch._foreach_sign_(s)
+    if flips is not None:
+        # The flip mask is exactly s == +1; its L1 norm is the count, kept on device.
+        counts = torch._foreach_norm(torch._foreach_clamp_min(s, 0.0), 1)
+        torch._foreach_add_(flips, counts)
+    torch._foreach_mul_(s, ws)
+    torch._foreach_sign_(s)
+    torch._foreach_clamp_min_(s, 0.0)  # 1 where s * w > 0, else 0
+    torch._foreach_mul_(s, -2.0)
+    torch._foreach_add_(s, 1.0)
+    torch._foreach_copy_(ws, s)
+
+
+def _single_tensor_bop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    flips: list[Tensor] | None,
+    *,
+    threshold: float,
+    gamma: float,
+) -> None:
+    for i, (w, g, m) in enumerate(zip(params, grads, ms, strict=True)):
+        m.lerp_(g, gamma)
+        _flip_single(w, m, threshold, None if flips is None else flips[i])
+
+
+def _multi_tensor_bop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    flips: list[Tensor] | None,
+    *,
+    threshold: float,
+    gamma: float,
+) -> None:
+    if not params:
+        return
+    torch._foreach_lerp_(ms, grads, gamma)
+    _flip_multi(params, ms, threshold, flips)
+
+
+def _bop2_scores_single(m: Tensor, v: Tensor) -> Tensor:
+    return m / (v.sqrt() + _BOP2_EPS)
+
+
+def _single_tensor_bop2(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    vs: list[Tensor],
+    flips: list[Tensor] | None,
+    *,
+    threshold: float,
+    gamma: float,
+    sigma: float,
+) -> None:
+    for i, (w, g, m, v) in enumerate(zip(params, grads, ms, vs, strict=True)):
+        m.lerp_(g, gamma)
+        v.lerp_(g * g, sigma)
+        _flip_single(w, _bop2_scores_single(m, v), threshold, None if flips is None else flips[i])
+
+
+def _multi_tensor_bop2(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    vs: list[Tensor],
+    flips: list[Tensor] | None,
+    *,
+    threshold: float,
+    gamma: float,
+    sigma: float,
+) -> None:
+    if not params:
+        return
+    torch._foreach_lerp_(ms, grads, gamma)
+    torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), sigma)
+    denominators = torch._foreach_sqrt(vs)
+    torch._foreach_add_(denominators, _BOP2_EPS)
+    _flip_multi(params, torch._foreach_div(ms, denominators), threshold, flips)
+
+
+def bop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    flips: list[Tensor] | None = None,
+    *,
+    threshold: float,
+    gamma: float,
+    foreach: bool = True,
+) -> None:
+    """Functional Bop: update ``ms`` and flip ``params`` in place."""
+    kernel = _multi_tensor_bop if foreach else _single_tensor_bop
+    kernel(params, grads, ms, flips, threshold=threshold, gamma=gamma)
+
+
+def bop2(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    vs: list[Tensor],
+    flips: list[Tensor] | None = None,
+    *,
+    threshold: float,
+    gamma: float,
+    sigma: float,
+    foreach: bool = True,
+) -> None:
+    """Functional second-order Bop: update ``ms``, ``vs`` and flip ``params`` in place."""
+    kernel = _multi_tensor_bop2 if foreach else _single_tensor_bop2
+    kernel(params, grads, ms, vs, flips, threshold=threshold, gamma=gamma, sigma=sigma)
+
+
+# ------------------------------------------------------------------------ optimizers
+def _check_rate(name: str, schedule: Schedule) -> None:
+    values = [schedule.start] + ([schedule.end] if schedule.end is not None else [])
+    for value in values:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"Invalid {name}: {value} (must be in (0, 1])")
+
+
+def _check_threshold(schedule: Schedule) -> None:
+    values = [schedule.start] + ([schedule.end] if schedule.end is not None else [])
+    for value in values:
+        if value < 0.0:
+            raise ValueError(f"Invalid threshold: {value} (must be >= 0)")
+
+
+class Bop(Optimizer):
+    """Binary optimizer (Helwegen et al., NeurIPS 2019, arXiv 1906.02107).
+
+    Args:
+        params: the binary weights (kernels marked binary by their layers).
+        threshold: flip when ``w * m > threshold``; a float or a :class:`Schedule`.
+        gamma: adaptivity rate of the gradient moving average ``m``, in (0, 1];
+            a float or a :class:`Schedule`.
+        foreach: use the multi-tensor kernel; ``None`` means yes on every device.
+        count_flips: accumulate, on the device, how many weights flipped (read with
+            :meth:`read_flips`); costs one reduction per tensor per step.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        threshold: float | Schedule = 1e-8,
+        gamma: float | Schedule = 1e-4,
+        *,
+        foreach: bool | None = None,
+        count_flips: bool = True,
+    ) -> None:
+        defaults = dict(
+            threshold=as_schedule(threshold).to_dict(),
+            gamma=as_schedule(gamma).to_dict(),
+            foreach=foreach,
+            count_flips=count_flips,
+        )
+        self._validate_schedules(defaults)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            self._validate_schedules(group)
+            group.setdefault("step", 0)
+
+    # Subclasses add their own rates here.
+    def _validate_schedules(self, group: dict) -> None:
+        _check_threshold(as_schedule(group["threshold"]))
+        _check_rate("gamma", as_schedule(group["gamma"]))
+
+    def _init_state(self, p: Tensor, state: dict) -> None:
+        state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def current(self, name: str, group_index: int = 0) -> float:
+        """The value of ``name`` (``gamma``, ``threshold``...) at the next step."""
+        group = self.param_groups[group_index]
+        return as_schedule(group[name])(group["step"])
+
+    def _gather(self, group: dict) -> tuple[list[Tensor], list[Tensor], list[dict]]:
+        params, grads, states = [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("Bop does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                self._init_state(p, state)
+                state["flips"] = torch.zeros((), dtype=torch.float64, device=p.device)
+                state["flip_steps"] = 0
+            params.append(p)
+            grads.append(p.grad)
+            states.append(state)
+        return params, grads, states
+
+    def _update(self, group, params, grads, states, flips, threshold, gamma, foreach) -> None:
+        bop(
+            params,
+            grads,
+            [s["m"] for s in states],
+            flips,
+            threshold=threshold,
+            gamma=gamma,
+            foreach=foreach,
+        )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, states = self._gather(group)
+            threshold = as_schedule(group["threshold"])(group["step"])
+            gamma = as_schedule(group["gamma"])(group["step"])
+            foreach = True if group["foreach"] is None else group["foreach"]
+            flips = None
+            if group["count_flips"]:
+                flips = [s["flips"] for s in states]
+                for s in states:
+                    s["flip_steps"] += 1
+            if params:
+                self._update(group, params, grads, states, flips, threshold, gamma, foreach)
+            group["step"] += 1
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        # torch casts floating state to the parameter's dtype; flip totals stay exact
+        # counts only in float64.
+        for state in self.state.values():
+            if "flips" in state:
+                state["flips"] = state["flips"].to(torch.float64)
+
+    def read_flips(self, reset: bool = True) -> list[tuple[Tensor, Tensor, int]]:
+        """``(param, flipped_total, steps)`` for every parameter stepped since the last
+        reset; ``flipped_total`` stays on the device until the caller reads it."""
+        out = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state or not state.get("flip_steps"):
+                    continue
+                out.append((p, state["flips"].clone(), state["flip_steps"]))
+                if reset:
+                    state["flips"].zero_()
+                    state["flip_steps"] = 0
+        return out
+
+
+class Bop2ndOrder(Bop):
+    """Bop with a second raw moment ("Bop and Beyond", Suarez-Ramirez et al. 2021).
+
+    ``v <- v + sigma * (g**2 - v)`` and a weight flips when
+    ``w * m / (sqrt(v) + 1e-10) > threshold``. Arguments as for :class:`Bop`, plus
+
+    Args:
+        sigma: adaptivity rate of the second moment ``v``, in (0, 1].
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        threshold: float | Schedule = 1e-8,
+        gamma: float | Schedule = 1e-4,
+        sigma: float | Schedule = 1e-2,
+        *,
+        foreach: bool | None = None,
+        count_flips: bool = True,
+    ) -> None:
+        self._sigma_default = as_schedule(sigma).to_dict()
+        super().__init__(params, threshold, gamma, foreach=foreach, count_flips=count_flips)
+
+    def _validate_schedules(self, group: dict) -> None:
+        group.setdefault("sigma", self._sigma_default)
+        super()._validate_schedules(group)
+        _check_rate("sigma", as_schedule(group["sigma"]))
+
+    def _init_state(self, p: Tensor, state: dict) -> None:
+        super()._init_state(p, state)
+        state["v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _update(self, group, params, grads, states, flips, threshold, gamma, foreach) -> None:
+        bop2(
+            params,
+            grads,
+            [s["m"] for s in states],
+            [s["v"] for s in states],
+            flips,
+            threshold=threshold,
+            gamma=gamma,
+            sigma=as_schedule(group["sigma"])(group["step"]),
+            foreach=foreach,
+        )
+
+
+# --------------------------------------------------------------------------- routing
+class CaseOptimizer:
+    """One optimizer object over a whole model: binary kernels to ``binary``, the rest
+    to ``fp`` (Larq's ``CaseOptimizer``).
+
+    Every trainable parameter of the model must be claimed by exactly one of the two
+    optimizers; a parameter claimed by none or by both is an error, so nothing is
+    silently left untrained.
+
+    Args:
+        model: the model whose parameters are checked.
+        binary: the optimizer of the binary kernels (Bop, or Adam on latent weights).
+        fp: the optimizer of every other parameter (``None`` if there are none).
+        clip_binary: clip binary kernels to [-1, 1] after each step (latent weights).
+        lr_schedule: schedule of the fp optimizer's learning rate (None: constant).
+        count_flips: for a non-Bop binary optimizer, count sign changes of the kernels.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        binary: Optimizer,
+        fp: Optimizer | None,
+        *,
+        clip_binary: bool = False,
+        lr_schedule: Schedule | None = None,
+        count_flips: bool = True,
+    ) -> None:
+        self.binary = binary
+        self.fp = fp
+        self.clip_binary = clip_binary
+        self.lr_schedule = lr_schedule
+        self.step_count = 0
+        self._check_claims(model)
+        self._binary_params = [p for g in binary.param_groups for p in g["params"]]
+        self._own_flips = count_flips and not isinstance(binary, Bop)
+        self._flip_totals = {
+            p: torch.zeros((), dtype=torch.float64, device=p.device) for p in self._binary_params
+        }
+        self._flip_steps = 0
+
+    def _check_claims(self, model: nn.Module) -> None:
+        owners: dict[int, list[str]] = {}
+        for label, opt in (("binary", self.binary), ("fp", self.fp)):
+            if opt is None:
+                continue
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    owners.setdefault(id(p), []).append(label)
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            claims = owners.get(id(p), [])
+            if len(claims) == 0:
+                raise ValueError(f"parameter {name!r} is claimed by no optimizer")
+            if len(claims) > 1:
+                raise ValueError(f"parameter {name!r} is claimed by both optimizers")
+
+    @property
+    def optimizers(self) -> Sequence[Optimizer]:
+        return [o for o in (self.binary, self.fp) if o is not None]
+
+    def current_lr(self) -> float | None:
+        if self.fp is None:
+            return None
+        if self.lr_schedule is not None:
+            return self.lr_schedule(self.step_count)
+        return self.fp.param_groups[0]["lr"]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.fp is not None and self.lr_schedule is not None:
+            lr = self.lr_schedule(self.step_count)
+            for group in self.fp.param_groups:
+                group["lr"] = lr
+        before = None
+        if self._own_flips:
+            before = [p >= 0 for p in self._binary_params]
+        for opt in self.optimizers:
+            opt.step()
+        if self.clip_binary:
+            torch._foreach_clamp_min_(self._binary_params, -1.0)
+            torch._foreach_clamp_max_(self._binary_params, 1.0)
+        if before is not None:
+            for p, was_positive in zip(self._binary_params, before, strict=True):
+                self._flip_totals[p].add_(((p >= 0) != was_positive).sum())
+            self._flip_steps += 1
+        self.step_count += 1
+
+    def read_flips(self, reset: bool = True) -> list[tuple[Tensor, Tensor, int]]:
+        """``(param, flipped_total, steps)`` per binary kernel since the last reset."""
+        if isinstance(self.binary, Bop):
+            return self.binary.read_flips(reset)
+        if not self._own_flips or not self._flip_steps:
+            return []
+        out = [(p, self._flip_totals[p].clone(), self._flip_steps) for p in self._binary_params]
+        if reset:
+            for total in self._flip_totals.values():
+                total.zero_()
+            self._flip_steps = 0
+        return out
+
+    def state_dict(self) -> dict:
+        return {
+            "binary": self.binary.state_dict(),
+            "fp": None if self.fp is None else self.fp.state_dict(),
+            "step_count": self.step_count,
+            "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.binary.load_state_dict(state["binary"])
+        if self.fp is not None and state["fp"] is not None:
+            self.fp.load_state_dict(state["fp"])
+        self.step_count = state["step_count"]
+        if state.get("lr_schedule") is not None:
+            self.lr_schedule = Schedule.from_dict(state["lr_schedule"])

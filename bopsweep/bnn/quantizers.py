@@ -1,0 +1,35 @@
+"""Sign quantizers with the straight-through estimator (STE).
+
+Larq's ``ste_sign``: the forward pass is ``sign(x)`` with ``sign(0) = +1`` (so every
+binary value is exactly +-1, never 0), and the backward pass lets the gradient
+through where ``|x| <= 1`` and blocks it elsewhere (Courbariaux et al. 2016).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """``sign`` with ``sign(0) = +1``: the binarization used everywhere in bopsweep."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+class _SteSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad_output * (x.abs() <= 1).to(grad_output.dtype)
+
+
+def ste_sign(x: torch.Tensor) -> torch.Tensor:
+    """Binarize ``x`` to +-1; gradients pass straight through where ``|x| <= 1``."""
+    return _SteSign.apply(x)
+
+
+QUANTIZERS = {"ste_sign": ste_sign}

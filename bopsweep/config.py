@@ -1,0 +1,218 @@
+"""Typed, frozen training configuration and the paper's hyperparameter sets.
+
+The flow is nanoGPT's: defaults -> a named hyperparameter set (``--hparams-set``)
+-> ``key=value`` overrides (``--hparams threshold=1e-6,gamma=1e-3``). An unknown key
+or a value of the wrong type is an error naming the valid keys; the resolved
+config is frozen before training starts and logged with the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bopsweep.bnn.models import canonical_model_name
+from bopsweep.bnn.schedules import Schedule
+from bopsweep.data import DATASETS, PREPROCESS_FNS
+from bopsweep.errors import UserError, unknown_name
+
+ScheduleName = Literal["constant", "exponential", "linear"]
+
+
+class HParams(BaseModel):
+    """The hyperparameters of one training run (the original code's ``HParams``).
+
+    Schedules: ``<name>_schedule`` is ``constant``, ``exponential`` (multiply by
+    ``<name>_decay_factor`` every ``<name>_decay_epochs`` epochs, staircase) or
+    ``linear`` (to ``<name>_end`` over ``<name>_decay_epochs`` epochs, all epochs
+    when unset). ``<name>`` is ``gamma``, ``threshold`` or ``lr``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    optimizer: Literal["bop", "bop2", "latent"] = Field(
+        "bop", description="bop | bop2 (second-order Bop) | latent (latent-weight baseline)"
+    )
+    epochs: int = Field(100, gt=0)
+    batch_size: int = Field(100, gt=0)
+    threshold: float = Field(1e-8, ge=0)
+    threshold_schedule: ScheduleName = "constant"
+    threshold_end: float | None = Field(None, ge=0)
+    threshold_decay_factor: float | None = Field(None, gt=0)
+    threshold_decay_epochs: float | None = Field(None, gt=0)
+    gamma: float = Field(1e-4, gt=0, le=1)
+    gamma_schedule: ScheduleName = "constant"
+    gamma_end: float | None = Field(None, gt=0, le=1)
+    gamma_decay_factor: float | None = Field(None, gt=0)
+    gamma_decay_epochs: float | None = Field(None, gt=0)
+    sigma: float = Field(1e-2, gt=0, le=1, description="second-moment rate of bop2")
+    fp_optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-2, gt=0, description="learning rate of the fp optimizer")
+    lr_schedule: ScheduleName = "constant"
+    lr_end: float | None = Field(None, gt=0)
+    lr_decay_factor: float | None = Field(None, gt=0)
+    lr_decay_epochs: float | None = Field(None, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="L2 on full-precision parameters")
+
+    def schedule(self, name: str, steps_per_epoch: int) -> Schedule:
+        """The schedule of ``gamma``, ``threshold`` or ``lr`` in optimizer steps."""
+        kind = getattr(self, f"{name}_schedule")
+        start = getattr(self, name)
+        decay_epochs = getattr(self, f"{name}_decay_epochs")
+        if kind == "constant":
+            return Schedule("constant", start)
+        steps = round((decay_epochs or self.epochs) * steps_per_epoch)
+        steps = max(steps, 1)
+        if kind == "exponential":
+            factor = getattr(self, f"{name}_decay_factor")
+            if factor is None or decay_epochs is None:
+                raise UserError(
+                    f"hparam {name}_schedule=exponential needs {name}_decay_factor "
+                    f"and {name}_decay_epochs"
+                )
+            return Schedule("exponential", start, steps=steps, factor=factor)
+        end = getattr(self, f"{name}_end")
+        if end is None:
+            raise UserError(f"hparam {name}_schedule=linear needs {name}_end")
+        return Schedule("linear", start, end=end, steps=steps)
+
+
+HPARAM_KEYS: tuple[str, ...] = tuple(HParams.model_fields)
+
+_BINARYNET = {
+    # Latent-weight baseline: ste_sign kernels clipped to [-1, 1], Adam on everything.
+    "default": HParams(optimizer="latent", epochs=100, batch_size=256, lr=5e-3),
+    "bop": HParams(optimizer="bop", epochs=100, batch_size=100, threshold=1e-6, gamma=1e-3),
+    "bop_sec52": HParams(
+        optimizer="bop",
+        epochs=500,
+        batch_size=50,
+        threshold=1e-8,
+        gamma=1e-4,
+        gamma_schedule="exponential",
+        gamma_decay_factor=0.1,
+        gamma_decay_epochs=100,
+    ),
+}
+
+_MLP = {
+    "default": HParams(optimizer="latent", epochs=30, batch_size=32, lr=5e-3),
+    "bop": HParams(optimizer="bop", epochs=30, batch_size=32, threshold=1e-6, gamma=1e-3),
+}
+
+# One entry per model; later models (ImageNet) add theirs here.
+HPARAM_SETS: dict[str, dict[str, HParams]] = {"binarynet": _BINARYNET, "mlp": _MLP}
+
+
+def _type_error_message(error: ValidationError, where: str) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "value"
+    return f"{where} {field}: {first['msg']} (got {first.get('input')!r})"
+
+
+def resolve_hparams(
+    model: str, hparams_set: str, overrides: dict[str, Any], epochs: int | None = None
+) -> HParams:
+    """The named set of ``model`` with ``overrides`` applied, validated."""
+    model = canonical_model_name(model)
+    sets = HPARAM_SETS.get(model, {})
+    if hparams_set not in sets:
+        raise UserError(
+            f"unknown hparams set {hparams_set!r} for {model}; choose from: "
+            + ", ".join(sorted(sets))
+        )
+    for key in overrides:
+        if key not in HPARAM_KEYS:
+            raise unknown_name("hparam", key, HPARAM_KEYS)
+    values = {**sets[hparams_set].model_dump(), **overrides}
+    if epochs is not None:
+        values["epochs"] = epochs
+    try:
+        return HParams.model_validate(values)
+    except ValidationError as error:
+        raise UserError(_type_error_message(error, "hparam")) from None
+
+
+def parse_hparams(text: str) -> dict[str, str]:
+    """``"threshold=1e-6,gamma=1e-3"`` -> ``{"threshold": "1e-6", "gamma": "1e-3"}``.
+
+    Values stay strings; :class:`HParams` converts them to the declared types.
+    """
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--hparams expects key=value pairs separated by commas, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs; the same keys as ``bopsweep train``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    dataset: str = "cifar10"
+    preprocess_fn: str = "default"
+    hparams_set: str = "default"
+    hparams: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    epochs: int | None = Field(None, gt=0, description="overrides the hparams set's epochs")
+    seed: int = 0
+    data_dir: str = "data"
+    download: bool = False
+    device: str = "auto"
+    max_train_samples: int | None = Field(None, gt=1)
+    max_val_samples: int | None = Field(None, gt=0)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        try:
+            return canonical_model_name(value)
+        except UserError as error:  # pydantic reports ValueErrors with the field path
+            raise ValueError(str(error)) from None
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in DATASETS:
+            raise ValueError(str(unknown_name("dataset", value, DATASETS)))
+        return value
+
+    @field_validator("preprocess_fn")
+    @classmethod
+    def _known_preprocess(cls, value: str) -> str:
+        if value not in PREPROCESS_FNS:
+            raise ValueError(str(unknown_name("preprocess fn", value, PREPROCESS_FNS)))
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
+            raise ValueError(f"unknown device {value!r}; valid devices: auto, cpu, cuda, cuda:N")
+        return value
+
+    def resolved_hparams(self) -> HParams:
+        return resolve_hparams(self.model, self.hparams_set, dict(self.hparams), self.epochs)
+
+
+def make_train_config(**values: Any) -> TrainConfig:
+    """Build and fully validate a TrainConfig (hparams included) or raise UserError."""
+    try:
+        config = TrainConfig(**values)
+    except ValidationError as error:
+        raise UserError(_first_error(error)) from None
+    config.resolved_hparams()
+    return config
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = f"unknown key; valid keys: {', '.join(TrainConfig.model_fields)}"
+    return f"{field}: {message}" if field else message

@@ -1,0 +1,234 @@
+"""The training loop: one run of one configuration, pure PyTorch.
+
+``bopsweep train`` calls :func:`train` directly; a Ray Tune trial calls it through
+callbacks that report and checkpoint. Nothing here imports Ray or MLflow, so a
+run behaves the same inside and outside a sweep.
+
+Per epoch the loop produces the metrics the paper looks at: losses and accuracies,
+the flip ratio over all binary weights and per binary layer, its log form, and the
+current gamma / threshold / learning rate. Losses, accuracies and flip counts are
+accumulated on the device and read once per epoch, so the loop never waits on a
+host sync per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bopsweep.bnn.layers import binary_layers, binary_parameters, use_latent_weights
+from bopsweep.bnn.metrics import flip_metrics
+from bopsweep.bnn.models import build_model
+from bopsweep.bnn.optim import Bop, Bop2ndOrder, CaseOptimizer
+from bopsweep.config import HParams, TrainConfig
+from bopsweep.data import DeviceBatches, InMemoryDataset, get_preprocess, load_dataset
+from bopsweep.errors import TrainingDiverged, UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present (in a Ray trial: the GPU Ray assigned), else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def build_optimizer(model: nn.Module, hp: HParams, steps_per_epoch: int) -> CaseOptimizer:
+    """Binary kernels to Bop (or Adam on latent weights), everything else to the fp
+    optimizer, with the schedules of ``hp`` expressed in optimizer steps."""
+    binary = binary_parameters(model)
+    binary_ids = {id(p) for p in binary}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in binary_ids]
+    lr_schedule = hp.schedule("lr", steps_per_epoch)
+
+    def fp_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if hp.fp_optimizer == "sgd":
+            return torch.optim.SGD(
+                params, lr=lr_schedule(0), momentum=0.9, weight_decay=hp.weight_decay
+            )
+        return torch.optim.Adam(params, lr=lr_schedule(0), weight_decay=hp.weight_decay)
+
+    if hp.optimizer == "latent":
+        # The baseline: the binary kernels are latent weights trained like the rest.
+        return CaseOptimizer(
+            model,
+            torch.optim.Adam(binary, lr=lr_schedule(0)),
+            fp_optimizer(others) if others else None,
+            clip_binary=True,
+            lr_schedule=lr_schedule,
+        )
+    threshold = hp.schedule("threshold", steps_per_epoch)
+    gamma = hp.schedule("gamma", steps_per_epoch)
+    if hp.optimizer == "bop2":
+        bop: Bop = Bop2ndOrder(binary, threshold, gamma, hp.sigma)
+    else:
+        bop = Bop(binary, threshold, gamma)
+    return CaseOptimizer(
+        model, bop, fp_optimizer(others) if others else None, lr_schedule=lr_schedule
+    )
+
+
+class Callback:
+    """Hooks into the loop; every method is optional."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_batch_end(self, trainer: Trainer, step: int) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    hparams: HParams
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+class Trainer:
+    """Model, optimizer, data and RNG of one run; resumable through its state dict."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: InMemoryDataset | None = None,
+        *,
+        device: torch.device | None = None,
+    ) -> None:
+        self.config = config
+        self.hparams = config.resolved_hparams()
+        self.device = device or resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        if data is None:
+            data = load_dataset(config.dataset, config.data_dir, config.download)
+        data = data.limit(config.max_train_samples, config.max_val_samples).to(self.device)
+        self.data = data
+        self.batches = DeviceBatches(
+            data, get_preprocess(config.preprocess_fn), self.hparams.batch_size
+        )
+        model = build_model(config.model, data.input_shape, data.num_classes)
+        if self.hparams.optimizer == "latent":
+            use_latent_weights(model)
+        self.model = model.to(self.device)
+        self.steps_per_epoch = self.batches.steps_per_epoch()
+        self.optimizer = build_optimizer(self.model, self.hparams, self.steps_per_epoch)
+        self.layer_names = {layer.weight: name for name, layer in binary_layers(self.model)}
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch,
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+
+    # -------------------------------------------------------------------- the loop
+    def _current_rates(self) -> dict[str, float]:
+        rates: dict[str, float] = {}
+        if isinstance(self.optimizer.binary, Bop):
+            rates["gamma"] = self.optimizer.binary.current("gamma")
+            rates["threshold"] = self.optimizer.binary.current("threshold")
+        lr = self.optimizer.current_lr()
+        if lr is not None:
+            rates["lr"] = lr
+        return rates
+
+    def train_epoch(self, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        for step, (x, y) in enumerate(self.batches.train(self.generator)):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            for cb in callbacks:
+                cb.on_batch_end(self, step)
+        train_loss, train_correct = (v.item() for v in (loss_sum, correct))
+        return {"train_loss": train_loss / seen, "train_accuracy": train_correct / seen}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        for x, y in self.batches.val():
+            logits = self.model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        if seen == 0:
+            return {}
+        return {"val_loss": loss_sum.item() / seen, "val_accuracy": correct.item() / seen}
+
+    def fit(self, callbacks: Sequence[Callback] = ()) -> list[dict[str, float]]:
+        for cb in callbacks:
+            cb.on_train_start(self)
+        while self.epoch < self.hparams.epochs:
+            start = time.perf_counter()
+            metrics = self.train_epoch(callbacks)
+            train_time = time.perf_counter() - start
+            if not math.isfinite(metrics["train_loss"]):
+                raise TrainingDiverged(
+                    f"training diverged: loss is {metrics['train_loss']} in epoch {self.epoch}"
+                )
+            metrics.update(flip_metrics(self.optimizer.read_flips(), self.layer_names))
+            metrics.update(self.evaluate())
+            metrics.update(self._current_rates())
+            metrics["epoch_time_s"] = time.perf_counter() - start
+            metrics["samples_per_s"] = len(self.data.train_y) / train_time
+            metrics["epoch"] = self.epoch
+            self.history.append(metrics)
+            self.epoch += 1
+            for cb in callbacks:
+                cb.on_epoch_end(self, metrics)
+        return self.history
+
+
+def train(
+    config: TrainConfig,
+    callbacks: Sequence[Callback] = (),
+    *,
+    data: InMemoryDataset | None = None,
+    resume_state: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Train one configuration to the end; ``resume_state`` continues a checkpoint."""
+    trainer = Trainer(config, data, device=device)
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state)
+    trainer.fit(callbacks)
+    return TrainResult(config, trainer.hparams, trainer.history)
