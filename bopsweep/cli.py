@@ -141,6 +141,214 @@ def _run_train(config, output_dir: Path | None) -> None:
         console.print(f"wrote {output_dir}/metrics.jsonl, config.json, checkpoint.pt")
 
 
+# ------------------------------------------------------------------------------ sweeps
+SpecArg = Annotated[Path, typer.Argument(help="A sweep spec (YAML), e.g. sweeps/quickstart.yaml.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a spec key by dot path, repeatable: --set train.epochs=1 "
+        "--set resources.gpu=0.25 --set parameters.hparams.gamma.values=[1e-3,1e-4]",
+    ),
+]
+
+
+def _value_text(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def plan(spec: SpecArg, set_: SetOpt = None) -> None:
+    """Validate a sweep spec and show its trials, without starting anything."""
+    from rich.table import Table
+
+    from bopsweep.sweep.spec import expand, load_spec
+
+    loaded = load_spec(spec, set_ or [])
+    trials = expand(loaded)
+    s = loaded.spec
+    out = Console()
+    resources = f"{s.resources.cpu:g} CPU" + (
+        f", {s.resources.gpu:g} GPU" if s.resources.gpu else ""
+    )
+    table = Table(title=f"{s.name}: {len(trials)} trials ({s.method}), {resources} each")
+    table.add_column("trial", justify="right")
+    swept_keys = list(trials[0].swept) if trials else []
+    for key in swept_keys:
+        table.add_column(key.removeprefix("hparams."), justify="right")
+    table.add_column("model / dataset")
+    table.add_column("hparams set")
+    table.add_column("epochs", justify="right")
+    total_epochs = 0
+    for trial in trials:
+        epochs = trial.train.resolved_hparams().epochs
+        total_epochs += epochs
+        table.add_row(
+            f"{trial.index:03d}",
+            *(_value_text(trial.swept[k]) for k in swept_keys),
+            f"{trial.train.model} / {trial.train.dataset}",
+            trial.train.hparams_set,
+            str(epochs),
+        )
+    out.print(table)
+    concurrency = (
+        f", at most {s.max_concurrent_trials} at a time" if s.max_concurrent_trials else ""
+    )
+    out.print(
+        f"{len(trials)} trials, {total_epochs} trial-epochs in all{concurrency}; "
+        f"metric {s.metric.name} ({s.metric.mode}); experiment {s.experiment!r}; "
+        f"spec sha256 {loaded.sha256[:12]}",
+        highlight=False,
+    )
+
+
+@app.command()
+def run(
+    spec: SpecArg,
+    set_: SetOpt = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec, then "
+            "sqlite:///mlflow.db here). Credentials come only from MLFLOW_TRACKING_USERNAME "
+            "/ MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster: auto, HOST:6379 or ray://HOST:10001 "
+            "(default: $RAY_ADDRESS or a local Ray).",
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Results and checkpoints (default: the spec's, then ./bopsweep_results)."
+        ),
+    ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(help="Start over instead of resuming an interrupted sweep of the same name."),
+    ] = False,
+) -> None:
+    """Run a sweep with Ray Tune, every trial tracked in MLflow.
+
+    Running the same spec again resumes an interrupted sweep (finished trials are
+    not re-run); --restart starts over.
+    """
+    from rich.live import Live
+
+    from bopsweep.sweep import progress
+    from bopsweep.sweep.spec import load_spec
+    from bopsweep.sweep.tuner import run_sweep
+
+    loaded = load_spec(spec, set_ or [])
+    console.print(f"sweep {loaded.spec.name!r} from {spec}: starting Ray...", highlight=False)
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        progress.ACTIVE_LIVE = live
+        try:
+            outcome = run_sweep(
+                loaded, tracking_uri=tracking_uri, address=address, storage=storage, restart=restart
+            )
+        finally:
+            progress.ACTIVE_LIVE = None
+    _print_outcome(outcome, spec, set_ or [])
+    if outcome.interrupted:
+        raise typer.Exit(130)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+def _print_outcome(outcome, spec: Path, overrides: list[str]) -> None:
+    import math
+
+    from rich.table import Table
+
+    out = Console()
+    metric = outcome.spec.metric.name
+    table = Table(
+        title=f"{outcome.spec.name}: leaderboard by {metric} ({outcome.spec.metric.mode})"
+    )
+    swept_keys = list(outcome.outcomes[0].trial.swept) if outcome.outcomes else []
+    columns = ["rank", "trial", *(k.removeprefix("hparams.") for k in swept_keys)]
+    columns += [f"final {metric}", f"best {metric}", "mean flip_ratio", "epochs", "status"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "status" else "right")
+    for rank, o in enumerate(outcome.leaderboard(), 1):
+        table.add_row(
+            str(rank),
+            f"{o.trial.index:03d}",
+            *(_value_text(o.trial.swept[k]) for k in swept_keys),
+            "-" if math.isnan(o.final) else f"{o.final:.4f}",
+            "-" if math.isnan(o.best) else f"{o.best:.4f}",
+            "-" if math.isnan(o.flip_ratio) else f"{o.flip_ratio:.2e}",
+            str(o.epochs),
+            o.status,
+        )
+    out.print(table)
+    url = outcome.experiment_url()
+    if url:
+        out.print(f"MLflow: {url}", highlight=False)
+    else:
+        out.print(
+            f"MLflow store {outcome.tracking_uri}: browse it with `bopsweep ui`", highlight=False
+        )
+    out.print(f"results and checkpoints: {outcome.storage}/{outcome.spec.name}", highlight=False)
+    for o in outcome.failed:
+        if o.status == "FAILED":
+            out.print(
+                f"[red]trial {o.trial.index:03d} failed[/]: {(o.error or '').strip()[:500]}",
+                highlight=False,
+            )
+    if outcome.interrupted:
+        again = " ".join(["bopsweep run", str(spec), *(f"--set {s}" for s in overrides)])
+        out.print(
+            f"interrupted: resume with `{again}` (or add --restart to start over)", highlight=False
+        )
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; loopback unless told otherwise.")
+    ] = "127.0.0.1",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="Store to browse (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here)."
+        ),
+    ] = None,
+) -> None:
+    """Start the MLflow UI on the local store and print its URL."""
+    import subprocess
+
+    from bopsweep.sweep.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, None)
+    if uri.startswith("http"):
+        console.print(f"{uri} is already a server: open it in a browser", highlight=False)
+        return
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)", highlight=False)
+    try:
+        raise typer.Exit(subprocess.call(command))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:

@@ -1,0 +1,420 @@
+"""From a validated spec to a finished Ray Tune run, with its MLflow parent run.
+
+``run_sweep`` is what ``bopsweep run`` does: connect to Ray (a local instance with
+its dashboard off, or a cluster by address), check that the cluster can hold a
+trial, open or reuse the sweep's MLflow parent run, build the ``Tuner`` (or
+restore an interrupted one from its storage folder), fit it under a live table,
+then settle every child run's status and write the summary to the parent run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bopsweep import __version__
+from bopsweep.errors import UserError
+from bopsweep.sweep import tracking
+from bopsweep.sweep.spec import LoadedSpec, SweepSpec, Trial, expand
+
+STATE_FILE = "bopsweep_sweep.json"
+DEFAULT_STORAGE = "bopsweep_results"
+
+
+@dataclass
+class TrialOutcome:
+    trial: Trial
+    status: str  # FINISHED | FAILED | KILLED
+    epochs: int
+    final: float
+    best: float
+    flip_ratio: float
+    run_id: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class SweepOutcome:
+    spec: SweepSpec
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    storage: str
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[TrialOutcome]:
+        return [o for o in self.outcomes if o.status != "FINISHED"]
+
+    def leaderboard(self) -> list[TrialOutcome]:
+        sign = -1 if self.spec.metric.mode == "max" else 1
+        return sorted(
+            self.outcomes,
+            key=lambda o: (math.isnan(o.best), sign * (0 if math.isnan(o.best) else o.best)),
+        )
+
+    def experiment_url(self) -> str | None:
+        if self.tracking_uri.startswith("http"):
+            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}"
+        return None
+
+
+def resolve_storage(cli_storage: str | None, spec: SweepSpec) -> str:
+    """``--storage`` > spec ``storage:`` > ``./bopsweep_results``; URIs are kept."""
+    storage = cli_storage or spec.storage or DEFAULT_STORAGE
+    if "://" in storage:
+        return storage.rstrip("/")
+    return str(Path(storage).expanduser().resolve())
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        # A private local instance: no dashboard, nothing listening beyond loopback.
+        ray.init(include_dashboard=False, **quiet)
+
+
+def _check_cluster(spec: SweepSpec, tracking_uri: str, storage: str) -> None:
+    import ray
+
+    resources = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    want_gpu, have_gpu = spec.resources.gpu, resources.get("GPU", 0.0)
+    if want_gpu > have_gpu:
+        raise UserError(
+            f"each trial asks for {want_gpu:g} GPU but the Ray cluster has {have_gpu:g}: "
+            "run on a GPU cluster (--address), or on CPU with "
+            "--set resources.gpu=0 --set train.device=cpu"
+        )
+    if spec.resources.cpu > resources.get("CPU", 0.0):
+        raise UserError(
+            f"each trial asks for {spec.resources.cpu:g} CPUs but the Ray cluster has "
+            f"{resources.get('CPU', 0.0):g}: lower resources.cpu (--set resources.cpu=1)"
+        )
+    if len(nodes) > 1:
+        if tracking.is_local_uri(tracking_uri):
+            raise UserError(
+                f"the tracking URI {tracking_uri} is a local store, which workers on other "
+                "nodes cannot reach: start an MLflow server and pass --tracking-uri http://..."
+            )
+        if "://" not in storage:
+            logging.getLogger("bopsweep").warning(
+                "storage %s is a local path on a %d-node cluster: use a shared filesystem "
+                "mounted on every node, or an s3:// / gs:// URI",
+                storage,
+                len(nodes),
+            )
+
+
+def _trial_configs(trials: list[Trial]) -> list[dict[str, Any]]:
+    return [
+        {"index": t.index, "name": t.name, "swept": t.swept, "train": t.train.model_dump()}
+        for t in trials
+    ]
+
+
+def _build_tuner(spec: SweepSpec, trials: list[Trial], sweep_cfg: dict, storage: str, callbacks):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from bopsweep.sweep.trainable import run_trial
+
+    trainable = tune.with_resources(
+        run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    )
+    scheduler = None
+    if spec.scheduler is not None and spec.scheduler.type == "asha":
+        max_t = spec.scheduler.max_t or max(t.train.resolved_hparams().epochs for t in trials)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+            max_t=max_t,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(_trial_configs(trials)), "sweep": sweep_cfg},
+        tune_config=tune.TuneConfig(
+            metric=spec.metric.name,
+            mode=spec.metric.mode,
+            scheduler=scheduler,
+            max_concurrent_trials=spec.max_concurrent_trials,
+            trial_name_creator=lambda t: f"trial_{t.config['trial']['index']:03d}",
+            trial_dirname_creator=lambda t: f"trial_{t.config['trial']['index']:03d}",
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
+
+
+def _parent_params(loaded: LoadedSpec) -> dict[str, Any]:
+    """The fixed part of the spec, flattened (swept keys are the children's)."""
+    data = loaded.spec.model_dump(mode="json")
+    data.pop("parameters")
+    params = tracking.flatten(data)
+    for key, param in loaded.spec.parameters.items():
+        shown = param.values if param.values is not None else param.value
+        params[f"parameters.{key}"] = shown if shown is not None else param.distribution
+    return params
+
+
+def _state_path(storage: str, name: str) -> Path | None:
+    if "://" in storage:
+        return None
+    return Path(storage) / name / STATE_FILE
+
+
+def _read_state(storage: str, name: str) -> dict | None:
+    path = _state_path(storage, name)
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _write_state(storage: str, name: str, state: dict) -> None:
+    path = _state_path(storage, name)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(state, indent=2))
+
+
+def run_sweep(
+    loaded: LoadedSpec,
+    *,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    restart: bool = False,
+) -> SweepOutcome:
+    """Run (or resume) a sweep to the end; see the module docstring."""
+    from ray import tune
+
+    from bopsweep.sweep.progress import LiveTable
+
+    spec = loaded.spec
+    trials = expand(loaded)
+    uri = tracking.resolve_tracking_uri(tracking_uri, spec.tracking.uri)
+    tracking.check_connection(uri)
+    storage = resolve_storage(storage, spec)
+    experiment_path = f"{storage}/{spec.name}"
+    previous = _read_state(storage, spec.name)
+    resume = previous is not None and not restart and tune.Tuner.can_restore(experiment_path)
+    if resume and previous["spec_sha256"] != loaded.sha256:
+        raise UserError(
+            f"the spec changed since sweep {spec.name!r} was started in {experiment_path} "
+            f"(spec hash {previous['spec_sha256'][:12]} -> {loaded.sha256[:12]}): run it "
+            "with --restart to start over, or give it another name"
+        )
+    if resume and previous["tracking_uri"] != uri:
+        raise UserError(
+            f"sweep {spec.name!r} was tracked at {previous['tracking_uri']}, not {uri}: "
+            "pass the same --tracking-uri to resume, or --restart"
+        )
+    if restart and "://" not in storage and Path(experiment_path).exists():
+        shutil.rmtree(experiment_path)
+
+    _init_ray(address)
+    _check_cluster(spec, uri, storage)
+
+    if resume:
+        exp_id, parent_id = previous["experiment_id"], previous["parent_run_id"]
+        tracking.client(uri).update_run(parent_id, status="RUNNING")
+    else:
+        tags = {
+            "bopsweep.spec_sha256": loaded.sha256,
+            "bopsweep.version": __version__,
+            "mlflow.note.content": spec.description,
+        }
+        commit = tracking.git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        resolved_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+        exp_id, parent_id = tracking.start_parent_run(
+            uri,
+            spec.experiment,
+            spec.name,
+            tags=tags,
+            params=_parent_params(loaded),
+            artifacts={
+                f"spec/{loaded.path.name}": loaded.text,
+                "spec/resolved.yaml": resolved_yaml,
+            },
+        )
+        _write_state(
+            storage,
+            spec.name,
+            {
+                "spec_sha256": loaded.sha256,
+                "experiment_id": exp_id,
+                "parent_run_id": parent_id,
+                "tracking_uri": uri,
+            },
+        )
+
+    sweep_cfg = {
+        "tracking_uri": uri,
+        "experiment_id": exp_id,
+        "parent_run_id": parent_id,
+        "checkpoint_every": spec.checkpoint.every,
+        "cpus_per_trial": spec.resources.cpu,
+    }
+    if resume:
+        from bopsweep.sweep.trainable import run_trial
+
+        trainable = tune.with_resources(
+            run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+        )
+        # The saved state brings back the param space and the callbacks (the table).
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True)
+    else:
+        tuner = _build_tuner(spec, trials, sweep_cfg, storage, [LiveTable(spec, trials)])
+    interrupted = False
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+        results = None
+    outcome = SweepOutcome(spec, uri, exp_id, parent_id, storage, interrupted=interrupted)
+    outcome.outcomes = _settle(outcome, trials, results)
+    _finish_parent(outcome)
+    return outcome
+
+
+def _settle(outcome: SweepOutcome, trials: list[Trial], results) -> list[TrialOutcome]:
+    """Give every child run a final status and gather the outcome of each trial."""
+    uri, spec = outcome.tracking_uri, outcome.spec
+    by_key = {
+        run.data.tags.get(tracking.TRIAL_KEY_TAG): run
+        for run in tracking.child_runs(uri, outcome.experiment_id, outcome.parent_run_id)
+    }
+    ray_status: dict[int, tuple[str, str | None]] = {}
+    if results is not None:
+        for result in results:
+            index = result.config["trial"]["index"]
+            ray_status[index] = ("ERROR", str(result.error)) if result.error else ("DONE", None)
+    client = tracking.client(uri)
+    outcomes = []
+    for trial in trials:
+        run = by_key.get(f"{outcome.parent_run_id}:{trial.index}")
+        state, error = ray_status.get(trial.index, ("UNFINISHED", None))
+        if outcome.interrupted or state == "UNFINISHED":
+            status = "KILLED"
+        elif state == "ERROR":
+            status = "FAILED"
+        else:
+            status = "FINISHED"
+        if run is not None and run.info.status == "RUNNING":
+            # Stopped by the scheduler (ASHA), killed, or interrupted: never leave RUNNING.
+            client.set_terminated(run.info.run_id, status)
+        if run is not None and run.info.status in ("FAILED",) and status == "FINISHED":
+            status = "FAILED"
+        history = []
+        if run is not None:
+            history = client.get_metric_history(run.info.run_id, spec.metric.name)
+        values = [m.value for m in sorted(history, key=lambda m: m.step)]
+        best = (max if spec.metric.mode == "max" else min)(values) if values else math.nan
+        flips = client.get_metric_history(run.info.run_id, "flip_ratio") if run else []
+        outcomes.append(
+            TrialOutcome(
+                trial,
+                status,
+                epochs=len(values),
+                final=values[-1] if values else math.nan,
+                best=best,
+                flip_ratio=(sum(m.value for m in flips) / len(flips)) if flips else math.nan,
+                run_id=run.info.run_id if run else None,
+                error=error,
+            )
+        )
+    return outcomes
+
+
+def leaderboard_csv(outcome: SweepOutcome) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    swept_keys = list(outcome.outcomes[0].trial.swept) if outcome.outcomes else []
+    metric = outcome.spec.metric.name
+    writer.writerow(
+        [
+            "rank",
+            "trial",
+            *swept_keys,
+            f"final_{metric}",
+            f"best_{metric}",
+            "mean_flip_ratio",
+            "epochs",
+            "status",
+            "run_id",
+        ]
+    )
+    for rank, o in enumerate(outcome.leaderboard(), 1):
+        writer.writerow(
+            [
+                rank,
+                o.trial.index,
+                *(o.trial.swept[k] for k in swept_keys),
+                o.final,
+                o.best,
+                o.flip_ratio,
+                o.epochs,
+                o.status,
+                o.run_id,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _finish_parent(outcome: SweepOutcome) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    client = tracking.client(outcome.tracking_uri)
+    run_id = outcome.parent_run_id
+    counts = {s: sum(o.status == s for o in outcome.outcomes) for s in tracking.TERMINAL_STATUSES}
+    tags = [RunTag(f"bopsweep.trials_{s.lower()}", str(n)) for s, n in counts.items()]
+    metrics = [Metric(f"trials_{s.lower()}", n, 0, 0) for s, n in counts.items()]
+    board = [o for o in outcome.leaderboard() if not math.isnan(o.best)]
+    if board:
+        best = board[0]
+        metric = outcome.spec.metric.name
+        tags += [
+            RunTag("bopsweep.best_trial", best.trial.name),
+            RunTag("bopsweep.best_run_id", str(best.run_id)),
+        ]
+        metrics += [
+            Metric(f"best_{metric}", best.best, 0, 0),
+            Metric(f"best_final_{metric}", best.final, 0, 0),
+            Metric("best_mean_flip_ratio", best.flip_ratio, 0, 0),
+        ]
+    client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)
+    client.log_text(run_id, leaderboard_csv(outcome), "leaderboard.csv")
+    if outcome.interrupted:
+        status = "KILLED"
+    elif outcome.failed:
+        status = "FAILED"
+    else:
+        status = "FINISHED"
+    client.set_terminated(run_id, status)

@@ -1,0 +1,127 @@
+"""Fixtures shared by the core tests: a tiny CIFAR-10 on disk in the real
+python-batches format, and the Larq-style "a BNN trains" check used for every
+optimizer variant."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bopsweep.bnn.layers import binary_parameters
+from bopsweep.config import make_train_config
+from bopsweep.data import CIFAR10_FILES, make_synthetic
+from bopsweep.train import Callback, Trainer, train
+
+
+@dataclass
+class TinyCifar10:
+    """A generated CIFAR-10 folder and the arrays written into it."""
+
+    data_dir: Path  # the parent of cifar-10-batches-py, as --data-dir expects
+    folder: Path
+    train_rows: np.ndarray  # (N, 3072) uint8, batches 1..5 concatenated
+    train_labels: np.ndarray
+    test_rows: np.ndarray
+    test_labels: np.ndarray
+
+
+def write_cifar10_batch(path: Path, rows: np.ndarray, labels: np.ndarray, name: str) -> None:
+    """One batch file as the CIFAR-10 python version stores it."""
+    batch = {
+        b"batch_label": name.encode(),
+        b"labels": [int(label) for label in labels],
+        b"data": rows,
+        b"filenames": [f"{name}_{i}.png".encode() for i in range(len(labels))],
+    }
+    with path.open("wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+def make_tiny_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    train_rows, train_labels = [], []
+    for name in CIFAR10_FILES:
+        n = n_test if name == "test_batch" else per_batch
+        rows = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n)
+        write_cifar10_batch(folder / name, rows, labels, name)
+        if name == "test_batch":
+            test_rows, test_labels = rows, labels
+        else:
+            train_rows.append(rows)
+            train_labels.append(labels)
+    return TinyCifar10(
+        root,
+        folder,
+        np.concatenate(train_rows),
+        np.concatenate(train_labels),
+        test_rows,
+        test_labels,
+    )
+
+
+@pytest.fixture
+def tiny_cifar10(tmp_path: Path) -> TinyCifar10:
+    return make_tiny_cifar10(tmp_path / "data")
+
+
+# Which hparams set of the mlp each variant starts from, and what it overrides.
+VARIANTS = {
+    "bop": ("bop", {}),
+    "bop2": ("bop", {"optimizer": "bop2"}),
+    "latent": ("default", {}),
+}
+
+
+class _Snapshot(Callback):
+    """Keeps the parameters at the start and the trainer itself, for the checks."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+def assert_bnn_trains(variant: str, accuracy_bar: float = 0.75) -> None:
+    """Larq's optimizer check: a small BNN trained for 2 epochs on learnable data
+    moves every parameter, keeps binary weights exactly +-1 (latent weights: inside
+    [-1, 1]) and reaches ``accuracy_bar`` training accuracy."""
+    hparams_set, overrides = VARIANTS[variant]
+    config = make_train_config(
+        model="mlp",
+        dataset="synthetic",
+        hparams_set=hparams_set,
+        hparams=overrides,
+        epochs=2,
+        seed=0,
+        device="cpu",
+    )
+    data = make_synthetic(shape=(1, 8, 8), num_classes=2, n_train=512, n_val=128, seed=0)
+    snapshot = _Snapshot()
+    result = train(config, [snapshot], data=data, device=torch.device("cpu"))
+    assert result.hparams.optimizer == variant
+    model = snapshot.trainer.model
+
+    for name, param in model.named_parameters():
+        assert not torch.equal(param, snapshot.initial[name]), f"{name} did not move"
+    binary = binary_parameters(model)
+    assert len(binary) == 3
+    for param in binary:
+        if variant == "latent":
+            assert param.abs().max() <= 1.0
+            assert not torch.all(param.abs() == 1.0)  # real-valued, not binary
+        else:
+            assert torch.all(param.abs() == 1.0)
+    assert result.final["train_accuracy"] >= accuracy_bar, result.final
+
+
+@pytest.fixture
+def check_bnn_trains() -> Callable[[str], None]:
+    return assert_bnn_trains
