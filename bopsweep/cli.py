@@ -22,7 +22,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
+
+
+def _make_console(stderr: bool = False) -> Console:
+    # Off a terminal (CI logs, pipes) rich assumes 80 columns and truncates tables.
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=140)
+
+
+console = _make_console(stderr=True)
 
 
 @app.callback()
@@ -167,7 +175,7 @@ def plan(spec: SpecArg, set_: SetOpt = None) -> None:
     loaded = load_spec(spec, set_ or [])
     trials = expand(loaded)
     s = loaded.spec
-    out = Console()
+    out = _make_console()
     resources = f"{s.resources.cpu:g} CPU" + (
         f", {s.resources.gpu:g} GPU" if s.resources.gpu else ""
     )
@@ -253,6 +261,7 @@ def run(
             )
         finally:
             progress.ACTIVE_LIVE = None
+    console.print()
     _print_outcome(outcome, spec, set_ or [])
     if outcome.interrupted:
         raise typer.Exit(130)
@@ -265,7 +274,7 @@ def _print_outcome(outcome, spec: Path, overrides: list[str]) -> None:
 
     from rich.table import Table
 
-    out = Console()
+    out = _make_console()
     metric = outcome.spec.metric.name
     table = Table(
         title=f"{outcome.spec.name}: leaderboard by {metric} ({outcome.spec.metric.mode})"

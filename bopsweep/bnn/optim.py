@@ -42,10 +42,12 @@ _BOP2_EPS = 1e-10
 def _flip_single(w: Tensor, score: Tensor, threshold: float, flips: Tensor | None) -> None:
     # tf.sign semantics here (sign(0) = 0) is what makes the tie give +1 below.
     s = torch.sign(w * score - threshold)
-    if flips is not None:
-        flips.add_((s > 0).sum())
     # Larq's sign(-s * w) with sign(0) = +1: -1 exactly where s * w > 0.
-    w.copy_(torch.where(s * w > 0, -1.0, 1.0))
+    new = torch.where(s * w > 0, -1.0, 1.0)
+    if flips is not None:
+        # Count binary values that changed (Larq's FlipRatio), the tie -1 -> +1 included.
+        flips.add_((new * w < 0).sum())
+    w.copy_(new)
 
 
 def _flip_multi(
@@ -54,15 +56,18 @@ def _flip_multi(
     s = torch._foreach_mul(ws, scores)
     torch._foreach_sub_(s, threshold)
     torch._foreach_sign_(s)
-    if flips is not None:
-        # The flip mask is exactly s == +1; its L1 norm is the count, kept on device.
-        counts = torch._foreach_norm(torch._foreach_clamp_min(s, 0.0), 1)
-        torch._foreach_add_(flips, counts)
     torch._foreach_mul_(s, ws)
     torch._foreach_sign_(s)
     torch._foreach_clamp_min_(s, 0.0)  # 1 where s * w > 0, else 0
     torch._foreach_mul_(s, -2.0)
     torch._foreach_add_(s, 1.0)
+    if flips is not None:
+        # A binary value changed exactly where new * w < 0 (the tie -1 -> +1 included);
+        # the L1 norm of that -1/0 mask is the count, kept on the device.
+        changed = torch._foreach_mul(s, ws)
+        torch._foreach_sign_(changed)
+        torch._foreach_clamp_max_(changed, 0.0)
+        torch._foreach_add_(flips, torch._foreach_norm(changed, 1))
     torch._foreach_copy_(ws, s)
 
 
@@ -363,7 +368,8 @@ class CaseOptimizer:
         binary: the optimizer of the binary kernels (Bop, or Adam on latent weights).
         fp: the optimizer of every other parameter (``None`` if there are none).
         clip_binary: clip binary kernels to [-1, 1] after each step (latent weights).
-        lr_schedule: schedule of the fp optimizer's learning rate (None: constant).
+        lr_schedule: schedule of the learning rate of every optimizer that has one:
+            the fp optimizer, and the binary one on latent weights (None: constant).
         count_flips: for a non-Bop binary optimizer, count sign changes of the kernels.
     """
 
@@ -411,12 +417,17 @@ class CaseOptimizer:
     def optimizers(self) -> Sequence[Optimizer]:
         return [o for o in (self.binary, self.fp) if o is not None]
 
+    def _lr_optimizers(self) -> list[Optimizer]:
+        # Bop has no learning rate; Adam on latent weights follows the schedule too.
+        return [o for o in self.optimizers if not isinstance(o, Bop)]
+
     def current_lr(self) -> float | None:
-        if self.fp is None:
+        lr_optimizers = self._lr_optimizers()
+        if not lr_optimizers:
             return None
         if self.lr_schedule is not None:
             return self.lr_schedule(self.step_count)
-        return self.fp.param_groups[0]["lr"]
+        return lr_optimizers[-1].param_groups[0]["lr"]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
@@ -424,10 +435,11 @@ class CaseOptimizer:
 
     @torch.no_grad()
     def step(self) -> None:
-        if self.fp is not None and self.lr_schedule is not None:
+        if self.lr_schedule is not None:
             lr = self.lr_schedule(self.step_count)
-            for group in self.fp.param_groups:
-                group["lr"] = lr
+            for opt in self._lr_optimizers():
+                for group in opt.param_groups:
+                    group["lr"] = lr
         before = None
         if self._own_flips:
             before = [p >= 0 for p in self._binary_params]

@@ -8,7 +8,7 @@ status dumps are turned off.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
@@ -21,13 +21,13 @@ from bopsweep.sweep.spec import SweepSpec, Trial
 @dataclass
 class TrialRow:
     trial: Trial
+    epochs: int
     status: str = "PENDING"
     epoch: int = 0
     current: float = math.nan
     best: float = math.nan
     flip_ratio: float = math.nan
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _is_better(value: float, best: float, mode: str) -> bool:
@@ -54,46 +54,28 @@ class LiveTable(tune.Callback):
 
     def __init__(self, spec: SweepSpec, trials: list[Trial]) -> None:
         self.spec = spec
-        self.rows = {t.index: TrialRow(t) for t in trials}
+        self.rows = {t.index: TrialRow(t, epochs=t.train.resolved_hparams().epochs) for t in trials}
 
     def _row(self, trial) -> TrialRow:
         return self.rows[trial.config["trial"]["index"]]
 
     def render(self) -> Table:
         metric, mode = self.spec.metric.name, self.spec.metric.mode
-        epochs = {
-            t.index: t.train.resolved_hparams().epochs
-            for t in (r.trial for r in self.rows.values())
-        }
         done = sum(r.status in ("TERMINATED", "ERROR") for r in self.rows.values())
         table = Table(
             title=f"{self.spec.name}: {done}/{len(self.rows)} trials done", title_justify="left"
         )
-        for column in (
-            "trial",
-            "swept values",
-            "status",
-            "epoch",
-            metric,
-            f"best {mode}",
-            "flip_ratio",
-        ):
-            table.add_column(
-                column, justify="right" if column not in ("swept values", "status") else "left"
-            )
+        swept_keys = list(next(iter(self.rows.values())).trial.swept) if self.rows else []
+        columns = ["trial", *(k.removeprefix("hparams.") for k in swept_keys), "status", "epoch"]
+        for column in [*columns, metric, f"best ({mode})", "flip_ratio"]:
+            table.add_column(column, justify="left" if column == "status" else "right")
         for index, row in sorted(self.rows.items()):
-            swept = " ".join(
-                f"{k.removeprefix('hparams.')}={v:g}"
-                if isinstance(v, float)
-                else f"{k.removeprefix('hparams.')}={v}"
-                for k, v in row.trial.swept.items()
-            )
             style = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red"}.get(row.status, "")
             table.add_row(
                 f"{index:03d}",
                 *(_value(row.trial.swept[k]) for k in swept_keys),
                 f"[{style}]{row.status}[/]" if style else row.status,
-                f"{row.epoch}/{epochs[index]}",
+                f"{row.epoch}/{row.epochs}",
                 _fmt(row.current),
                 _fmt(row.best),
                 "-" if math.isnan(row.flip_ratio) else f"{row.flip_ratio:.2e}",
