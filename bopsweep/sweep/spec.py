@@ -12,11 +12,11 @@ what ``bopsweep run`` will run.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +32,21 @@ from bopsweep.errors import UserError
 MAX_SPEC_BYTES = 1_000_000
 MAX_YAML_NODES = 100_000
 MAX_TRIALS = 100_000
+
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-6`` as a float as YAML 1.2 does.
+
+    YAML 1.1 needs a dot (``1.0e-6``); without this, every threshold written the
+    way papers write it would arrive as a string.
+    """
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class _Strict(BaseModel):
@@ -255,13 +270,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise UserError(f"--set expects key=value (a dot path into the spec), got {text!r}")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = yaml.load(value, Loader=SpecLoader) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
-    # YAML 1.1 reads 1e-6 as a string; a number is what the user meant.
-    if isinstance(parsed, str):
-        with contextlib.suppress(ValueError):
-            parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
     return key.strip().split("."), parsed
 
 
@@ -300,10 +311,10 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise UserError(f"{path}: spec larger than {MAX_SPEC_BYTES} bytes")
     text = path.read_text(encoding="utf-8")
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=SpecLoader)
         if root is not None:
             _count_nodes(root, [MAX_YAML_NODES])
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=SpecLoader)  # a SafeLoader: no object construction
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -12,8 +12,9 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -28,6 +29,7 @@ DOCKERFILES = {"gpu": DOCKER / "Dockerfile", "cpu": DOCKER / "Dockerfile.cpu"}
 
 SWEEP_SPEC = "sweeps/sec51_grid.yaml"
 APP_DIR = "/home/bopsweep/app"
+DATA_DIR = "/shared/data"
 MLFLOW_CONFIGMAP = "bopsweep-mlflow"
 MLFLOW_SECRET = "bopsweep-mlflow-credentials"
 CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
@@ -338,6 +340,7 @@ EXPECTED_FILES = [
     "docker/kuberay/rayjob.yaml",
     "docker/kuberay/mlflow-config.yaml",
     "docker/kuberay/shared-pvc.yaml",
+    "docker/kuberay/fetch-cifar10-job.yaml",
 ]
 
 
@@ -491,6 +494,7 @@ def test_compose_sweep_service(services) -> None:
         "--address ray-head:6379",
         "--tracking-uri http://mlflow:5000",
         "--storage /shared/results",
+        f"--set train.data_dir={DATA_DIR}",
     ):
         assert part in run_line
     # A Ray driver must run on a Ray node; the container joins the cluster first.
@@ -502,7 +506,9 @@ def test_compose_sweep_service(services) -> None:
 @pytest.mark.parametrize("name", ["ray-head", "ray-worker", "sweep"])
 def test_compose_ray_nodes_share_results_and_shm(compose, services, name) -> None:
     service = services[name]
-    volumes = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in service["volumes"]]
+    volumes = [
+        v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in service["volumes"]
+    ]
     shared = [v for v in volumes if v.split(":")[1] == "/shared"]
     assert shared, f"{name} does not mount /shared"
     assert shared[0].split(":")[0] in compose["volumes"], "/shared must be a named volume"
@@ -553,8 +559,10 @@ def test_compose_config_cli() -> None:
     if probe.returncode != 0:
         pytest.skip("Docker Compose plugin not installed; `docker compose config` not run")
     result = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE)]
-        + ["--profile", "sweep", "config", "-q"],
+        [
+            *(docker, "compose", "-f", str(COMPOSE_FILE), "--env-file", str(ENV_EXAMPLE)),
+            *("--profile", "sweep", "config", "-q"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -567,14 +575,15 @@ def test_compose_config_cli() -> None:
 
 def test_k8s_objects_expected(k8s_objects) -> None:
     kinds = {kind for kind, _ in k8s_objects}
-    assert {"RayCluster", "RayJob", "ConfigMap", "Secret", "PersistentVolumeClaim"} <= kinds
+    expected = {"RayCluster", "RayJob", "ConfigMap", "Secret", "PersistentVolumeClaim", "Job"}
+    assert expected <= kinds
 
 
 def test_k8s_object_identity(k8s_objects) -> None:
+    api_versions = {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "Job": "batch/v1"}
     for (kind, name), obj in k8s_objects.items():
         assert obj.get("apiVersion"), f"{kind}/{name} has no apiVersion"
-        expected_api = "ray.io/v1" if kind.startswith("Ray") else "v1"
-        assert obj["apiVersion"] == expected_api, f"{kind}/{name}"
+        assert obj["apiVersion"] == api_versions.get(kind, "v1"), f"{kind}/{name}"
         assert DNS_1123.match(name) and len(name) <= 63, f"invalid name {name!r}"
 
 
@@ -604,11 +613,25 @@ def test_ray_start_params_are_strings(k8s_objects) -> None:
                 assert isinstance(value, str), f"{owner}: rayStartParams.{key}={value!r}"
 
 
-def test_ray_version_consistent(k8s_objects) -> None:
+def test_versions_agree(k8s_objects) -> None:
+    # Ray processes of different versions refuse to connect, and the torch build in the
+    # images must be the one the project pins.
     versions = {spec.get("rayVersion") for spec in cluster_specs(k8s_objects).values()}
     assert len(versions) == 1 and None not in versions, versions
     (version,) = versions
     assert f"ray[default]=={version}" in (DOCKER / "README.md").read_text(encoding="utf-8")
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    for path in DOCKERFILES.values():
+        args = arg_defaults(dockerfile_instructions(path))
+        assert args["RAY_VERSION"] == version, path.name
+        for package, arg in [("torch", "TORCH_VERSION"), ("torchvision", "TORCHVISION_VERSION")]:
+            pin = re.search(rf'"{package}==([^"]+)"', pyproject)
+            assert pin, f"pyproject.toml no longer pins {package}; revisit {arg}"
+            assert args[arg] == pin.group(1), f"{path.name}: {arg}"
+    ray_spec = re.search(r'"ray\[[^\]]*\]([^"]*)"', pyproject)
+    assert ray_spec, "pyproject.toml no longer requires ray"
+    specifiers = pytest.importorskip("packaging.specifiers")
+    assert version in specifiers.SpecifierSet(ray_spec.group(1)), ray_spec.group(0)
 
 
 def test_ray_containers_have_image_and_mlflow_env(ray_pods) -> None:
@@ -635,13 +658,16 @@ def test_env_references_resolve(k8s_objects, ray_pods) -> None:
     for owner, pod in ray_pods:
         for container in pod["containers"]:
             for item in container.get("env", []):
+                where = f"{owner}: {item['name']}"
                 source = item.get("valueFrom", {})
                 if "configMapKeyRef" in source:
                     ref = source["configMapKeyRef"]
-                    assert ref["name"] == MLFLOW_CONFIGMAP and ref["key"] in configmap["data"]
+                    assert ref["name"] == MLFLOW_CONFIGMAP, where
+                    assert ref["key"] in configmap["data"], where
                 if "secretKeyRef" in source:
                     ref = source["secretKeyRef"]
-                    assert ref["name"] == MLFLOW_SECRET and ref["key"] in secret["stringData"]
+                    assert ref["name"] == MLFLOW_SECRET, where
+                    assert ref["key"] in secret["stringData"], where
 
 
 def test_secret_template_holds_placeholders_only(k8s_objects) -> None:
@@ -682,7 +708,8 @@ def test_shared_pvc_mounted_everywhere(k8s_objects, ray_pods) -> None:
 
 def test_ray_pods_run_as_image_user(ray_pods) -> None:
     uids = {
-        match for path in DOCKERFILES.values()
+        match
+        for path in DOCKERFILES.values()
         for match in re.findall(r"useradd [^\n]*--uid (\d+)", path.read_text(encoding="utf-8"))
     }
     assert len(uids) == 1, f"Dockerfiles disagree on the UID: {uids}"
@@ -706,8 +733,30 @@ def test_rayjob(k8s_objects) -> None:
         # operators and expansions would run in the submitter, not in the Ray job.
         assert not re.search(r"&&|\|\||[;|`$<>]", entrypoint), entrypoint
         assert f"{APP_DIR}/{SWEEP_SPEC}" in entrypoint, "use the absolute in-image path"
+        # Trials run inside their own trial directories: a relative data_dir would miss.
+        assert f"--set train.data_dir={DATA_DIR}" in entrypoint
         assert spec["shutdownAfterJobFinishes"] is True
         assert "rayClusterSpec" in spec or "clusterSelector" in spec
+
+
+def test_data_job_fills_the_folder_trials_read(k8s_objects, ray_pods) -> None:
+    job = k8s_objects[("Job", "bopsweep-fetch-cifar10")]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert DATA_DIR in " ".join(container["command"]) and "cifar10" in container["command"][-1]
+    ray_images = {c["image"] for _, p in ray_pods for c in p["containers"]}
+    assert {container["image"]} == ray_images, "the Job must use the Ray pods' image"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = volumes[mounts["/shared"]]["persistentVolumeClaim"]["claimName"]
+    ray_claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for _, p in ray_pods
+        for v in p["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert {claim} == ray_claims
+    assert pod["securityContext"]["runAsNonRoot"] is True
 
 
 def test_rayjob_cluster_matches_raycluster(k8s_objects) -> None:
@@ -813,9 +862,7 @@ def test_dockerignore_admits_build_inputs(dockerfile) -> None:
     assert ignore.is_file(), f"{ignore.name} missing: the whole checkout would be sent"
     patterns = ignore_patterns(ignore)
     copied = [
-        rest.split()[-2]
-        for kw, rest in instructions
-        if kw == "COPY" and "--from" not in rest
+        rest.split()[-2] for kw, rest in instructions if kw == "COPY" and "--from" not in rest
     ]
     for needed in ["pyproject.toml", "bopsweep/__init__.py", SWEEP_SPEC, *copied]:
         assert not dockerignore_excludes(patterns, needed.rstrip("/")), f"{needed} excluded"

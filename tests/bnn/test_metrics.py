@@ -1,0 +1,66 @@
+"""Flip ratios (Larq's FlipRatio) and the paper's log form pi = log(ratio + e^-9)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bopsweep.bnn.metrics import LOG_FLIP_FLOOR, flip_metrics, log_flip_ratio
+from bopsweep.bnn.optim import Bop
+
+
+def test_log_flip_ratio():
+    assert LOG_FLIP_FLOOR == -9.0
+    assert log_flip_ratio(0.0) == pytest.approx(-9.0, abs=1e-12)
+    assert log_flip_ratio(1.0) == pytest.approx(math.log(1.0 + 1.2340980408667956e-4))
+    assert log_flip_ratio(1e-3) == pytest.approx(-6.7878, abs=1e-4)
+
+
+def test_flip_metrics_per_layer_and_overall():
+    a, b = torch.zeros(2, 2), torch.zeros(6)
+    flips = [
+        (a, torch.tensor(3.0, dtype=torch.float64), 2),  # 3 of 4 * 2 weight-steps
+        (b, torch.tensor(6.0, dtype=torch.float64), 2),  # 6 of 6 * 2
+    ]
+    metrics = flip_metrics(flips, {a: "conv1", b: "dense3"})
+    assert metrics["flip_ratio/conv1"] == 3 / 8
+    assert metrics["flip_ratio/dense3"] == 6 / 12
+    # Over all binary weights: weighted by size, not the mean of the layer ratios.
+    assert metrics["flip_ratio"] == 9 / 20
+    assert metrics["log_flip_ratio"] == pytest.approx(math.log(9 / 20 + math.exp(-9)))
+    assert set(metrics) == {"flip_ratio/conv1", "flip_ratio/dense3", "flip_ratio", "log_flip_ratio"}
+
+
+def test_flip_metrics_of_nothing():
+    assert flip_metrics([], {}) == {}
+
+
+def test_no_flips_gives_the_floor():
+    a = torch.zeros(5)
+    metrics = flip_metrics([(a, torch.tensor(0.0, dtype=torch.float64), 3)], {a: "x"})
+    assert metrics["flip_ratio"] == 0.0
+    assert metrics["log_flip_ratio"] == pytest.approx(-9.0)
+
+
+def test_flip_metrics_from_bop():
+    first = nn.Parameter(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    second = nn.Parameter(torch.tensor([-1.0, -1.0]))
+    opt = Bop([first, second], threshold=0.0, gamma=1.0)
+    for grads in ([[1.0, 1.0, -1.0, -1.0], [-1.0, 1.0]], [[0.0, 0.0, 1.0, -1.0], [1.0, 1.0]]):
+        for p, g in zip((first, second), grads, strict=True):
+            p.grad = torch.tensor(g)
+        opt.step()
+    # Step 1: first flips 2 of 4, second flips 1 of 2 ([-1, -1] -> [1, -1]).
+    # Step 2: first = [-1, -1, 1, 1]: m = [0, 0, 1, -1], so the two ties at 0 go
+    # -1 -> +1 and w[2] = 1 agrees with m = 1 and flips: 3 of 4. second = [1, -1],
+    # m = [1, 1]: w[0] flips, w[1] disagrees: 1 of 2.
+    assert first.tolist() == [1.0, 1.0, -1.0, 1.0]
+    assert second.tolist() == [-1.0, -1.0]
+    metrics = flip_metrics(opt.read_flips(), {first: "a", second: "b"})
+    assert metrics["flip_ratio/a"] == 5 / 8
+    assert metrics["flip_ratio/b"] == 2 / 4
+    assert metrics["flip_ratio"] == 7 / 12
+    assert flip_metrics(opt.read_flips(), {first: "a", second: "b"}) == {}
