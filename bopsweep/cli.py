@@ -7,6 +7,7 @@ bad value, malformed spec, missing data), always as one message, never a traceba
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -360,6 +361,8 @@ def ui(
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    # MLflow's INFO lines (database migrations...) would interleave with the live table.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         app()  # standalone: click prints usage errors itself, with exit code 2
     except UserError as error:

@@ -97,10 +97,14 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with path.open("rb") as f:
-        batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
-    data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return data, np.asarray(batch[b"labels"], dtype=np.int64)
+    try:
+        with path.open("rb") as f:
+            batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        return data, np.asarray(batch[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+        # A corrupt or hostile file is bad input: one message, not a traceback.
+        raise UserError(f"cannot read CIFAR-10 batch {path}: {error}") from None
 
 
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]

@@ -3,6 +3,10 @@
 Larq's ``ste_sign``: the forward pass is ``sign(x)`` with ``sign(0) = +1`` (so every
 binary value is exactly +-1, never 0), and the backward pass lets the gradient
 through where ``|x| <= 1`` and blocks it elsewhere (Courbariaux et al. 2016).
+
+Bi-Real Net binarizes its activations with Larq's ``approx_sign``: the same forward
+pass, and the gradient of a piecewise-quadratic approximation of sign,
+``2 - 2|x|`` where ``|x| <= 1`` (Liu et al. 2018).
 """
 
 from __future__ import annotations
@@ -32,4 +36,22 @@ def ste_sign(x: torch.Tensor) -> torch.Tensor:
     return _SteSign.apply(x)
 
 
-QUANTIZERS = {"ste_sign": ste_sign}
+class _ApproxSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        abs_x = x.abs()
+        return torch.where(abs_x <= 1, (2 - 2 * abs_x) * grad_output, 0.0).to(grad_output.dtype)
+
+
+def approx_sign(x: torch.Tensor) -> torch.Tensor:
+    """Binarize ``x`` to +-1; gradient ``(2 - 2|x|)`` where ``|x| <= 1``, else 0."""
+    return _ApproxSign.apply(x)
+
+
+QUANTIZERS = {"ste_sign": ste_sign, "approx_sign": approx_sign}

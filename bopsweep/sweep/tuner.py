@@ -81,6 +81,9 @@ def resolve_storage(cli_storage: str | None, spec: SweepSpec) -> str:
 def _init_ray(address: str | None) -> None:
     import ray
 
+    # Ray Tune's newer console output prints its own banners whatever the verbosity;
+    # the live table replaces them.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}

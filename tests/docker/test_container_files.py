@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,18 @@ DOCKERFILES = {"gpu": DOCKER / "Dockerfile", "cpu": DOCKER / "Dockerfile.cpu"}
 SWEEP_SPEC = "sweeps/sec51_grid.yaml"
 APP_DIR = "/home/bopsweep/app"
 DATA_DIR = "/shared/data"
+# Oldest Kubernetes release the manifests are checked against.
+K8S_VERSION = "1.30.0"
 MLFLOW_CONFIGMAP = "bopsweep-mlflow"
 MLFLOW_SECRET = "bopsweep-mlflow-credentials"
 CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|(^|_)KEY$", re.IGNORECASE)
 DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Kubernetes resource.Quantity, as the API server's OpenAPI schema spells it.
+QUANTITY = re.compile(
+    r"^[+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 
 # Field names of the KubeRay ray.io/v1 types (apis/ray/v1). An unknown key is almost
@@ -587,6 +595,50 @@ def test_k8s_object_identity(k8s_objects) -> None:
         assert DNS_1123.match(name) and len(name) <= 63, f"invalid name {name!r}"
 
 
+def test_k8s_objects_match_kubernetes_schemas(k8s_objects) -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate not installed; schemas not checked"
+    )
+    # Core objects are checked whole; for Ray objects, whose CRD schema is not bundled,
+    # each pod template is checked as a Pod. Strict mode rejects misspelt fields.
+    documents = [obj for (kind, _), obj in k8s_objects.items() if not kind.startswith("Ray")]
+    for owner, spec in cluster_specs(k8s_objects).items():
+        for label, template in pod_templates(spec):
+            name = re.sub(r"[^a-z0-9]+", "-", f"{owner} {label}".lower()).strip("-")
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}}
+            documents.append({**pod, "spec": template["spec"]})
+    for document in documents:
+        try:
+            kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            where = f"{document['kind']}/{document['metadata']['name']}"
+            pytest.fail(f"{where}: {error.message} at {list(error.path)}")
+
+
+def test_resource_quantities_parse(k8s_objects) -> None:
+    # The schemas type quantities as int-or-string, so a typo like "8 Gi" passes them.
+    def quantities(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("requests", "limits") and isinstance(value, dict):
+                    for name, quantity in value.items():
+                        yield f"{path}.{key}.{name}", quantity
+                elif key == "sizeLimit":
+                    yield f"{path}.{key}", value
+                else:
+                    yield from quantities(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from quantities(value, f"{path}[{i}]")
+
+    found = 0
+    for (kind, name), obj in k8s_objects.items():
+        for where, quantity in quantities(obj):
+            found += 1
+            assert QUANTITY.match(str(quantity)), f"{kind}/{name}{where}: {quantity!r}"
+    assert found
+
+
 def test_kuberay_fields_are_known(k8s_objects) -> None:
     for (kind, name), obj in k8s_objects.items():
         if kind == "RayJob":
@@ -871,7 +923,10 @@ def test_dockerignore_admits_build_inputs(dockerfile) -> None:
 
 
 def test_hadolint() -> None:
-    hadolint = shutil.which("hadolint")
+    # Also look beside the interpreter, for a hadolint installed into a non-activated venv.
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
     if hadolint is None:
         pytest.skip("hadolint not on PATH; Dockerfile lint not run")
     # DL3008 (pin apt versions): pinned versions vanish from the archives as the base

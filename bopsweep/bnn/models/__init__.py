@@ -45,4 +45,10 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
 
 
 # Importing the modules registers their models.
-from bopsweep.bnn.models import binarynet, mlp  # noqa: E402, F401
+from bopsweep.bnn.models import (  # noqa: E402, F401
+    binary_alexnet,
+    binarynet,
+    birealnet,
+    mlp,
+    xnornet,
+)

@@ -1,0 +1,130 @@
+"""Fixtures for end-to-end tests: a real ``mlflow server`` on loopback and a way to
+run the real ``bopsweep`` command against it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@dataclass
+class MlflowServer:
+    uri: str
+    root: Path
+    port: int
+    process: subprocess.Popen
+    extra_args: tuple[str, ...] = ()
+    env: dict | None = None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def start(self) -> None:
+        """(Re)start on the same port and store."""
+        self.process = _launch(self.root, self.port, self.extra_args, self.env)
+        wait_http(f"{self.uri}/health", process=self.process)
+
+
+def _launch(root: Path, port: int, extra_args=(), env=None) -> subprocess.Popen:
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        *extra_args,
+    ]
+    log = (root / "server.log").open("ab")
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+
+
+def start_mlflow_server(root: Path, extra_args=(), env=None) -> MlflowServer:
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = _launch(root, port, extra_args, env)
+    server = MlflowServer(f"http://127.0.0.1:{port}", root, port, process, tuple(extra_args), env)
+    try:
+        wait_http(f"{server.uri}/health", process=process)
+    except Exception:
+        server.stop()
+        raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
+    return server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    yield server
+    server.stop()
+
+
+def bopsweep(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
+    """Run the installed ``bopsweep`` command; returns the CompletedProcess."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    return subprocess.run(
+        [str(BIN / "bopsweep"), *args],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def sweep_file(name: str) -> str:
+    return str(REPO / "sweeps" / name)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    path = tmp_path / "work"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,120 @@
+"""A real sweep through Ray Tune into a real MLflow server, checked via MlflowClient."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.e2e.conftest import bopsweep, free_port, sweep_file, wait_http
+
+pytestmark = pytest.mark.e2e
+
+FOUR_TRIALS = [
+    "--set",
+    "parameters.hparams.threshold.values=[0,1e-6]",
+    "--set",
+    "parameters.hparams.gamma.values=[1e-3,1e-4]",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "resources.cpu=1",
+]
+
+
+def _sweep_runs(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment!r} missing"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def test_quickstart_against_mlflow_server(mlflow_server, workdir):
+    experiment = "e2e-server"
+    result = bopsweep(
+        "run",
+        sweep_file("quickstart.yaml"),
+        *FOUR_TRIALS,
+        "--set",
+        f"tracking.experiment={experiment}",
+        "--tracking-uri",
+        mlflow_server.uri,
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "leaderboard" in result.stdout
+
+    client = MlflowClient(mlflow_server.uri)
+    parents, children = _sweep_runs(client, experiment)
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["bopsweep.spec_sha256"]
+    assert parent.data.params["train.model"] == "mlp"
+    assert "best_val_accuracy" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"spec", "leaderboard.csv"} <= artifacts
+
+    assert len(children) == 4
+    swept = set()
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        for key in ("val_accuracy", "flip_ratio", "train_loss", "log_flip_ratio"):
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, key))
+            assert steps == [0, 1], (key, steps)
+        assert "flip_ratio/dense1" in child.data.metrics
+        params = child.data.params
+        assert params["model"] == "mlp" and params["dataset"] == "digits"
+        assert params["hparams.batch_size"] == "32"
+        swept.add((float(params["hparams.threshold"]), float(params["hparams.gamma"])))
+        assert child.data.tags["bopsweep.hostname"]
+    assert swept == {(0.0, 1e-3), (0.0, 1e-4), (1e-6, 1e-3), (1e-6, 1e-4)}
+    # The parent's best metric is the best of its children's.
+    best = max(
+        max(m.value for m in client.get_metric_history(c.info.run_id, "val_accuracy"))
+        for c in children
+    )
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best)
+
+
+def test_embedded_default_store_and_ui(workdir):
+    # No server, no MLFLOW_TRACKING_URI: the local sqlite store in the working directory.
+    result = bopsweep(
+        "run",
+        sweep_file("quickstart.yaml"),
+        "--set",
+        "parameters.hparams.threshold.values=[1e-6]",
+        "--set",
+        "parameters.hparams.gamma.values=[1e-3]",
+        "--set",
+        "train.epochs=1",
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workdir / "mlflow.db").is_file()
+    assert (workdir / "bopsweep_results" / "quickstart").is_dir()
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    parents, children = _sweep_runs(client, "quickstart")
+    assert len(parents) == 1 and len(children) == 1
+    assert children[0].info.status == "FINISHED"
+
+    port = free_port()
+    ui = subprocess.Popen(
+        [str(bopsweep.__globals__["BIN"] / "bopsweep"), "ui", "--port", str(port)],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", process=ui)
+        served = MlflowClient(f"http://127.0.0.1:{port}")
+        exp = served.get_experiment_by_name("quickstart")
+        assert exp is not None
+        assert len(served.search_runs([exp.experiment_id])) == 2
+    finally:
+        ui.terminate()
+        ui.wait(20)

@@ -1,0 +1,222 @@
+"""Typed, frozen configuration: hparams sets, ``--hparams`` overrides, TrainConfig."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from bopsweep.config import (
+    HPARAM_KEYS,
+    HPARAM_SETS,
+    HParams,
+    TrainConfig,
+    make_train_config,
+    parse_hparams,
+    resolve_hparams,
+)
+from bopsweep.errors import UserError
+
+# ----------------------------------------------------------------- parse_hparams
+
+
+def test_parse_hparams():
+    assert parse_hparams("threshold=1e-6,gamma=1e-3") == {"threshold": "1e-6", "gamma": "1e-3"}
+    assert parse_hparams(" threshold = 0 , gamma=1e-2 ,") == {"threshold": "0", "gamma": "1e-2"}
+    assert parse_hparams("") == {}
+    assert parse_hparams("gamma_schedule=linear") == {"gamma_schedule": "linear"}
+
+
+@pytest.mark.parametrize("text", ["gamma", "gamma=1e-3,threshold", "=1e-3"])
+def test_parse_hparams_rejects_malformed_pairs(text):
+    with pytest.raises(UserError, match="--hparams expects key=value pairs"):
+        parse_hparams(text)
+
+
+# -------------------------------------------------------------- resolve_hparams
+
+
+def test_overrides_are_converted_to_declared_types():
+    hp = resolve_hparams("binarynet", "bop", parse_hparams("threshold=1e-5,gamma=1e-2,epochs=3"))
+    assert hp.threshold == 1e-5 and isinstance(hp.threshold, float)
+    assert hp.gamma == 1e-2
+    assert hp.epochs == 3 and isinstance(hp.epochs, int)
+    # The rest of the set is untouched.
+    assert hp.batch_size == 100 and hp.lr == 0.01
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(UserError) as error:
+        resolve_hparams("binarynet", "bop", {"gama": "1e-3"})
+    message = str(error.value)
+    assert "unknown hparam 'gama'" in message
+    for key in ("gamma", "threshold", "lr", "batch_size", "epochs", "sigma"):
+        assert key in message
+    assert set(HPARAM_KEYS) == set(HParams.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"gamma": "abc"}, "gamma", "valid number"),
+        ({"gamma": "2"}, "gamma", "less than or equal to 1"),
+        ({"gamma": "0"}, "gamma", "greater than 0"),
+        ({"threshold": "-1e-6"}, "threshold", "greater than or equal to 0"),
+        ({"epochs": "1.5"}, "epochs", "integer"),
+        ({"batch_size": "0"}, "batch_size", "greater than 0"),
+        ({"optimizer": "sgd"}, "optimizer", "'bop', 'bop2' or 'latent'"),
+        ({"gamma_schedule": "cosine"}, "gamma_schedule", "constant"),
+    ],
+)
+def test_bad_values_are_user_errors(overrides, field, message):
+    with pytest.raises(UserError) as error:
+        resolve_hparams("binarynet", "bop", overrides)
+    assert str(error.value).startswith(f"hparam {field}:")
+    assert message in str(error.value)
+
+
+def test_unknown_hparams_set_lists_the_model_sets():
+    with pytest.raises(UserError, match=r"unknown hparams set 'bop_sec99' for binarynet; "
+                       r"choose from: bop, bop_sec52, default"):  # fmt: skip
+        resolve_hparams("binarynet", "bop_sec99", {})
+
+
+def test_epochs_argument_overrides_the_set():
+    assert resolve_hparams("binarynet", "bop_sec52", {}, epochs=2).epochs == 2
+    assert resolve_hparams("binarynet", "bop_sec52", {"epochs": "7"}, epochs=2).epochs == 2
+
+
+# ------------------------------------------------------------ the paper's sets
+
+
+def _non_default(hp: HParams) -> dict:
+    defaults = HParams()
+    return {k: v for k, v in hp.model_dump().items() if getattr(defaults, k) != v}
+
+
+def test_binarynet_sets_match_the_paper():
+    sets = HPARAM_SETS["binarynet"]
+    assert set(sets) == {"default", "bop", "bop_sec52"}
+
+    latent = sets["default"]
+    assert (latent.optimizer, latent.epochs, latent.batch_size) == ("latent", 100, 256)
+    assert (latent.fp_optimizer, latent.lr, latent.lr_schedule) == ("adam", 5e-3, "constant")
+
+    bop = sets["bop"]
+    assert (bop.optimizer, bop.epochs, bop.batch_size) == ("bop", 100, 100)
+    assert (bop.threshold, bop.gamma, bop.gamma_schedule) == (1e-6, 1e-3, "constant")
+    assert bop.threshold_schedule == "constant"
+    assert (bop.fp_optimizer, bop.lr, bop.lr_schedule) == ("adam", 0.01, "constant")
+
+    sec52 = sets["bop_sec52"]
+    assert (sec52.optimizer, sec52.epochs, sec52.batch_size) == ("bop", 500, 50)
+    assert (sec52.threshold, sec52.gamma) == (1e-8, 1e-4)
+    assert sec52.gamma_schedule == "exponential"
+    assert (sec52.gamma_decay_factor, sec52.gamma_decay_epochs) == (0.1, 100)
+    assert (sec52.fp_optimizer, sec52.lr, sec52.lr_schedule) == ("adam", 0.01, "constant")
+    assert sec52.threshold_schedule == "constant"
+
+    for hp in sets.values():
+        assert hp.weight_decay == 0.0
+
+
+def test_bop_sec52_gamma_decays_tenfold_every_100_epochs():
+    # CIFAR-10 at batch 50: 1000 steps per epoch.
+    gamma = HPARAM_SETS["binarynet"]["bop_sec52"].schedule("gamma", steps_per_epoch=1000)
+    assert gamma(0) == 1e-4
+    assert gamma(100 * 1000 - 1) == 1e-4
+    assert gamma(100 * 1000) == pytest.approx(1e-5)
+    assert gamma(250 * 1000) == pytest.approx(1e-6)
+    assert gamma(499 * 1000) == pytest.approx(1e-8)
+
+
+def test_schedules_in_steps():
+    hp = HParams(
+        epochs=10,
+        lr=1.0,
+        lr_schedule="linear",
+        lr_end=0.5,
+        threshold=1e-6,
+        threshold_schedule="exponential",
+        threshold_decay_factor=0.5,
+        threshold_decay_epochs=2,
+    )
+    lr = hp.schedule("lr", steps_per_epoch=5)  # linear over all 10 epochs = 50 steps
+    assert [lr(s) for s in (0, 25, 50, 60)] == [1.0, 0.75, 0.5, 0.5]
+    threshold = hp.schedule("threshold", steps_per_epoch=5)
+    assert [threshold(s) for s in (0, 9, 10, 20)] == [1e-6, 1e-6, 5e-7, 2.5e-7]
+    assert hp.schedule("gamma", steps_per_epoch=5)(10**6) == hp.gamma
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (dict(gamma_schedule="exponential", gamma_decay_factor=0.1), "gamma_decay_epochs"),
+        (dict(gamma_schedule="exponential", gamma_decay_epochs=1.0), "gamma_decay_factor"),
+        (dict(lr_schedule="linear"), "needs lr_end"),
+    ],
+)
+def test_incomplete_schedules(values, message):
+    with pytest.raises(UserError, match=message):
+        name = next(iter(values)).split("_")[0]
+        HParams(**values).schedule(name, steps_per_epoch=10)
+
+
+def test_mlp_sets_exist():
+    assert set(HPARAM_SETS["mlp"]) >= {"default", "bop"}
+    assert HPARAM_SETS["mlp"]["default"].optimizer == "latent"
+    assert HPARAM_SETS["mlp"]["bop"].optimizer == "bop"
+
+
+# ------------------------------------------------------------------- TrainConfig
+
+
+def test_train_config_is_frozen():
+    config = make_train_config(model="mlp", dataset="digits", hparams_set="bop")
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        config.seed = 3
+    hp = config.resolved_hparams()
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        hp.gamma = 0.5
+
+
+def test_train_config_rejects_unknown_keys():
+    with pytest.raises(pydantic.ValidationError, match="Extra inputs are not permitted"):
+        TrainConfig(model="mlp", learning_rate=0.1)
+    with pytest.raises(UserError, match=r"learning_rate: unknown key; valid keys: model, dataset"):
+        make_train_config(model="mlp", learning_rate=0.1)
+    with pytest.raises(pydantic.ValidationError):
+        HParams(gama=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (dict(model="resnet"), r"model: unknown model 'resnet'; choose from: binarynet, mlp"),
+        (dict(model="mlp", dataset="svhn"), r"dataset: unknown dataset 'svhn'; choose from: "),
+        (dict(model="mlp", preprocess_fn="crop"), r"unknown preprocess fn 'crop'"),
+        (dict(model="mlp", device="tpu"), r"unknown device 'tpu'"),
+        (dict(model="mlp", seed="one"), r"seed: "),
+        (dict(model="mlp", epochs=0), r"epochs: "),
+        (dict(model="mlp", hparams_set="bop_sec52"), r"unknown hparams set 'bop_sec52' for mlp"),
+        (dict(model="mlp", hparams={"gamma": "abc"}), r"hparam gamma: "),
+        (dict(model="mlp", hparams={"nope": 1}), r"unknown hparam 'nope'"),
+    ],
+)
+def test_make_train_config_errors(values, message):
+    with pytest.raises(UserError, match=message):
+        make_train_config(**values)
+
+
+def test_make_train_config_resolves_hparams():
+    config = make_train_config(
+        model="binarynet",
+        dataset="cifar10",
+        preprocess_fn="resize_and_flip",
+        hparams_set="bop",
+        hparams=parse_hparams("threshold=1e-6,gamma=1e-3"),
+        epochs=4,
+    )
+    hp = config.resolved_hparams()
+    assert (hp.threshold, hp.gamma, hp.epochs, hp.batch_size) == (1e-6, 1e-3, 4, 100)
+    assert config.model_dump()["hparams"] == {"threshold": "1e-6", "gamma": "1e-3"}
+    assert TrainConfig.model_validate(config.model_dump()) == config
