@@ -28,7 +28,7 @@ from bopsweep.bnn.metrics import flip_metrics
 from bopsweep.bnn.models import build_model
 from bopsweep.bnn.optim import Bop, Bop2ndOrder, CaseOptimizer
 from bopsweep.config import HParams, TrainConfig
-from bopsweep.data import DeviceBatches, InMemoryDataset, get_preprocess, load_dataset
+from bopsweep.data import Dataset, load_dataset
 from bopsweep.errors import TrainingDiverged, UserError
 
 
@@ -51,11 +51,18 @@ def build_optimizer(model: nn.Module, hp: HParams, steps_per_epoch: int) -> Case
     lr_schedule = hp.schedule("lr", steps_per_epoch)
 
     def fp_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        # L2 on full-precision kernels only, as Keras' kernel_regularizer in the paper's
+        # XNOR-Net: BatchNorm parameters and biases are not decayed.
+        kernels = [p for p in params if p.dim() > 1]
+        rest = [p for p in params if p.dim() <= 1]
+        groups = [
+            {"params": group, "weight_decay": decay}
+            for group, decay in ((kernels, hp.weight_decay), (rest, 0.0))
+            if group
+        ]
         if hp.fp_optimizer == "sgd":
-            return torch.optim.SGD(
-                params, lr=lr_schedule(0), momentum=0.9, weight_decay=hp.weight_decay
-            )
-        return torch.optim.Adam(params, lr=lr_schedule(0), weight_decay=hp.weight_decay)
+            return torch.optim.SGD(groups, lr=lr_schedule(0), momentum=0.9)
+        return torch.optim.Adam(groups, lr=lr_schedule(0))
 
     if hp.optimizer == "latent":
         # The baseline: the binary kernels are latent weights trained like the rest.
@@ -104,7 +111,7 @@ class Trainer:
     def __init__(
         self,
         config: TrainConfig,
-        data: InMemoryDataset | None = None,
+        data: Dataset | None = None,
         *,
         device: torch.device | None = None,
     ) -> None:
@@ -114,12 +121,11 @@ class Trainer:
         torch.manual_seed(config.seed)
         if data is None:
             data = load_dataset(config.dataset, config.data_dir, config.download)
-        data = data.limit(config.max_train_samples, config.max_val_samples).to(self.device)
+        data = data.limit(config.max_train_samples, config.max_val_samples)
         self.data = data
-        self.batches = DeviceBatches(
-            data, get_preprocess(config.preprocess_fn), self.hparams.batch_size
-        )
-        model = build_model(config.model, data.input_shape, data.num_classes)
+        # In memory: both splits move to the device; from files: DataLoader workers.
+        self.batches = data.batches(config.preprocess_fn, self.hparams.batch_size, self.device)
+        model = build_model(config.model, self.batches.input_shape, self.batches.num_classes)
         if self.hparams.optimizer == "latent":
             use_latent_weights(model)
         self.model = model.to(self.device)
@@ -209,7 +215,7 @@ class Trainer:
             metrics.update(self.evaluate())
             metrics.update(self._current_rates())
             metrics["epoch_time_s"] = time.perf_counter() - start
-            metrics["samples_per_s"] = len(self.data.train_y) / train_time
+            metrics["samples_per_s"] = self.batches.num_train / train_time
             metrics["epoch"] = self.epoch
             self.history.append(metrics)
             self.epoch += 1
@@ -222,7 +228,7 @@ def train(
     config: TrainConfig,
     callbacks: Sequence[Callback] = (),
     *,
-    data: InMemoryDataset | None = None,
+    data: Dataset | None = None,
     resume_state: dict[str, Any] | None = None,
     device: torch.device | None = None,
 ) -> TrainResult:

@@ -319,6 +319,8 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = error.problem or str(error)
+        if error.context and error.context_mark is not None:
+            problem += f" ({error.context} started at line {error.context_mark.line + 1})"
         if "constructor" in problem:
             problem += " (specs are plain YAML: tags that construct objects are refused)"
         raise UserError(f"{where}: invalid YAML: {problem}") from None
