@@ -94,6 +94,17 @@ def make_tiny_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, seed: int
 
 
 @pytest.fixture
+def one_thread():
+    """Run on one thread: the small models here gain nothing from more, and on a busy
+    machine two OpenMP threads spin-waiting for each other make a training loop of
+    small ops tens of times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def tiny_cifar10(tmp_path: Path) -> TinyCifar10:
     return make_tiny_cifar10(tmp_path / "data")
 

@@ -17,6 +17,8 @@ from bopsweep.data import make_synthetic
 from bopsweep.errors import TrainingDiverged, UserError
 from bopsweep.train import Callback, Trainer, resolve_device, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CPU = torch.device("cpu")
 TIMING_KEYS = {"epoch_time_s", "samples_per_s"}
 VARIANTS = {

@@ -45,16 +45,40 @@ def _fmt(value: float) -> str:
 
 
 # Ray pickles the run's callbacks with the experiment state (to restore it); the
-# live display belongs to the current process, so it is looked up here instead.
+# live display belongs to the current process, so it is looked up here instead,
+# and a restored table makes itself known here too.
 ACTIVE_LIVE: Live | None = None
+ACTIVE_TABLE: LiveTable | None = None
 
 
 class LiveTable(tune.Callback):
     """Driver-side Ray Tune callback that renders the sweep's progress."""
 
     def __init__(self, spec: SweepSpec, trials: list[Trial]) -> None:
+        global ACTIVE_TABLE
         self.spec = spec
         self.rows = {t.index: TrialRow(t, epochs=t.train.resolved_hparams().epochs) for t in trials}
+        ACTIVE_TABLE = self
+
+    def __setstate__(self, state: dict) -> None:
+        global ACTIVE_TABLE
+        self.__dict__.update(state)
+        ACTIVE_TABLE = self
+
+    def sync(self, trials) -> None:
+        """Take the statuses of restored trials (Ray's ``Trial`` objects)."""
+        for trial in trials:
+            row = self.rows.get(trial.config["trial"]["index"])
+            if row is None:
+                continue
+            row.status = trial.status
+            last = trial.last_result or {}
+            if "epoch" in last:
+                row.epoch = int(last["epoch"]) + 1
+            value = last.get(self.spec.metric.name)
+            if value is not None:
+                row.current = row.best = float(value)
+        self._refresh()
 
     def _row(self, trial) -> TrialRow:
         return self.rows[trial.config["trial"]["index"]]

@@ -155,8 +155,26 @@ def child_runs(uri: str, exp_id: str, parent_run_id: str) -> list:
             return runs
 
 
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What a down, restarting or erroring server raises through MlflowClient."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, requests.exceptions.RequestException, OSError)
+
+
 class TrialTracker:
-    """The child run of one trial, written from wherever the trial runs."""
+    """The child run of one trial, written from wherever the trial runs.
+
+    Writes are buffered: an epoch's metrics go into a queue that is sent in order,
+    one ``log_batch`` per epoch. When the server is unreachable or erroring, training
+    goes on; the queue is retried with exponential backoff at later epochs and
+    drained at the end (for up to ``drain_timeout_s``). Each metric carries the
+    timestamp of when it was produced, so a batch sent twice (a reply lost after
+    the server stored it) stores identical rows, which MLflow de-duplicates.
+    Whatever never arrives is still in the trial's local results, for
+    ``bopsweep sync``.
+    """
 
     def __init__(
         self,
@@ -167,56 +185,123 @@ class TrialTracker:
         run_name: str,
         *,
         tags: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        drain_timeout_s: float = 120.0,
     ) -> None:
         self.uri = uri
-        self.client = client(uri)
+        self.exp_id = exp_id
+        self.parent_run_id = parent_run_id
         self.trial_key = f"{parent_run_id}:{trial_index}"
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.params = dict(params or {})
+        self.client = client(uri)
+        self.run_id: str | None = None
+        self.last_step = -1
+        self.resumed = False
+        self.pending: list[tuple[int, list]] = []
+        self.pending_tags: dict[str, str] = {}
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.drain_timeout_s = drain_timeout_s
+        self._delay = backoff_s
+        self._next_try = 0.0
+        self.failures = 0
+        self._try(self._connect)
+
+    # ------------------------------------------------------------------ plumbing
+    def _try(self, action) -> bool:
+        """Run ``action``; on a tracking failure, back off and report False."""
+        if time.monotonic() < self._next_try:
+            return False
+        try:
+            action()
+        except _unreachable_errors():
+            self.failures += 1
+            self._next_try = time.monotonic() + self._delay
+            self._delay = min(self._delay * 2, self.max_backoff_s)
+            return False
+        self._delay = self.backoff_s
+        self._next_try = 0.0
+        return True
+
+    def _connect(self) -> None:
+        if self.run_id is not None:
+            return
         existing = self.client.search_runs(
-            [exp_id], f"tags.`{TRIAL_KEY_TAG}` = '{self.trial_key}'", max_results=1
+            [self.exp_id], f"tags.`{TRIAL_KEY_TAG}` = '{self.trial_key}'", max_results=1
         )
         if existing:
-            self.run_id = existing[0].info.run_id
-            self.client.update_run(self.run_id, status="RUNNING")
-            history = self.client.get_metric_history(self.run_id, "epoch")
-            self.last_step = max((m.step for m in history), default=-1)
+            run = existing[0]
+            self.client.update_run(run.info.run_id, status="RUNNING")
+            history = self.client.get_metric_history(run.info.run_id, "epoch")
+            self.last_step = max((int(m.step) for m in history), default=-1)
             self.resumed = True
         else:
             run = self.client.create_run(
-                exp_id,
-                run_name=run_name,
+                self.exp_id,
+                run_name=self.run_name,
                 tags={
-                    PARENT_TAG: parent_run_id,
+                    PARENT_TAG: self.parent_run_id,
                     TRIAL_KEY_TAG: self.trial_key,
                     ROLE_TAG: "trial",
-                    **(tags or {}),
                 },
             )
-            self.run_id = run.info.run_id
-            self.last_step = -1
-            self.resumed = False
+        run_id = run.info.run_id
+        if self.params and not run.data.params:
+            log_params(self.uri, run_id, self.params)
+        self.run_id = run_id
+        self.pending_tags.update(self.tags)
 
-    def log_params(self, values: Mapping[str, Any]) -> None:
-        if not self.resumed:
-            log_params(self.uri, self.run_id, values)
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
+    def _send(self) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(
-            self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True
-        )
+        self._connect()
+        if self.pending_tags:
+            tags = [RunTag(k, str(v)[:5000]) for k, v in self.pending_tags.items()]
+            self.client.log_batch(self.run_id, tags=tags, synchronous=True)
+            self.pending_tags.clear()
+        while self.pending:
+            step, batch = self.pending[0]
+            if step > self.last_step:
+                # log_batch takes at most 1000 metrics; an epoch has a few dozen.
+                self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+                self.last_step = step
+            self.pending.pop(0)
+
+    # ---------------------------------------------------------------------- API
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.pending_tags.update({k: str(v) for k, v in tags.items()})
+        self._try(self._send)
 
     def log_epoch(self, metrics: Mapping[str, float], step: int) -> None:
-        """One request for all of an epoch's metrics; a step already logged is skipped."""
+        """Queue an epoch's metrics (one request) and send what the server can take."""
         from mlflow.entities import Metric
 
-        if step <= self.last_step:
-            return
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        # log_batch takes at most 1000 metrics; an epoch has a few dozen.
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
-        self.last_step = step
+        self.pending.append((step, [Metric(k, float(v), now, step) for k, v in metrics.items()]))
+        self._try(self._send)
 
-    def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Keep retrying until everything is sent or ``timeout_s`` passes."""
+        deadline = time.monotonic() + (self.drain_timeout_s if timeout_s is None else timeout_s)
+        while True:
+            self._next_try = min(self._next_try, time.monotonic())
+            if self._try(self._send) and not self.pending:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(self._delay, max(0.0, deadline - time.monotonic()), 5.0))
+
+    def finish(self, status: str = "FINISHED") -> bool:
+        """Send what is queued, then mark the run; False if the server never answered."""
+        if not self.flush():
+            return False
+        deadline = time.monotonic() + self.drain_timeout_s
+        while not self._try(lambda: self.client.set_terminated(self.run_id, status)):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(self._delay, 5.0))
+        return True

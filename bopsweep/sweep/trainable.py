@@ -79,19 +79,23 @@ def run_trial(config: dict[str, Any]) -> None:
     """The Ray Tune function trainable of every bopsweep sweep."""
     trial, sweep = config["trial"], config["sweep"]
     torch.set_num_threads(_threads(sweep["cpus_per_trial"]))
+    # The tracker retries with its own backoff, between epochs; MLflow's client must
+    # not block training for minutes retrying a server that is down.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     train_config = TrainConfig.model_validate(trial["train"])
     trainer = Trainer(train_config)
+    resolved = {**train_config.model_dump(), "hparams": trainer.hparams.model_dump()}
     tracker = TrialTracker(
         sweep["tracking_uri"],
         sweep["experiment_id"],
         sweep["parent_run_id"],
         trial["index"],
         trial["name"],
-        tags={f"swept.{k}": str(v) for k, v in trial["swept"].items()},
+        tags={**{f"swept.{k}": str(v) for k, v in trial["swept"].items()}, **_placement_tags()},
+        params=flatten(resolved),
+        drain_timeout_s=float(sweep.get("drain_timeout_s", 120.0)),
     )
-    tracker.set_tags(_placement_tags())
-    resolved = {**train_config.model_dump(), "hparams": trainer.hparams.model_dump()}
-    tracker.log_params(flatten(resolved))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -103,14 +107,17 @@ def run_trial(config: dict[str, Any]) -> None:
         callbacks.append(_KillAtEpoch(int(fault_epoch), trial["index"]))
     try:
         trainer.fit(callbacks)
-    except TrainingDiverged as error:
-        tracker.set_tags({"bopsweep.failure": str(error)})
-        tracker.finish("FAILED")
-        raise
     except Exception as error:
-        tracker.set_tags({"bopsweep.failure": f"{type(error).__name__}: {error}"[:5000]})
+        reason = (
+            str(error)
+            if isinstance(error, TrainingDiverged)
+            else f"{type(error).__name__}: {error}"
+        )
+        tracker.set_tags({"bopsweep.failure": reason})
         tracker.finish("FAILED")
         raise
+    # Ray's own stop (a scheduler's early stop, Ctrl-C) arrives as SystemExit from
+    # tune.report; the driver settles those runs' statuses.
     tracker.finish("FINISHED")
 
 

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,8 @@ def _init_ray(address: str | None) -> None:
     # Ray Tune's newer console output prints its own banners whatever the verbosity;
     # the live table replaces them.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Reading back an interrupted experiment warns once per trial without results.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
@@ -134,15 +137,24 @@ def _trial_configs(trials: list[Trial]) -> list[dict[str, Any]]:
     ]
 
 
+def _trainable(spec: SweepSpec):
+    from ray import tune
+
+    from bopsweep.sweep.trainable import run_trial
+
+    return tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _param_space(trials: list[Trial], sweep_cfg: dict) -> dict:
+    from ray import tune
+
+    return {"trial": tune.grid_search(_trial_configs(trials)), "sweep": sweep_cfg}
+
+
 def _build_tuner(spec: SweepSpec, trials: list[Trial], sweep_cfg: dict, storage: str, callbacks):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from bopsweep.sweep.trainable import run_trial
-
-    trainable = tune.with_resources(
-        run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    )
     scheduler = None
     if spec.scheduler is not None and spec.scheduler.type == "asha":
         max_t = spec.scheduler.max_t or max(t.train.resolved_hparams().epochs for t in trials)
@@ -153,8 +165,8 @@ def _build_tuner(spec: SweepSpec, trials: list[Trial], sweep_cfg: dict, storage:
             max_t=max_t,
         )
     return tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search(_trial_configs(trials)), "sweep": sweep_cfg},
+        _trainable(spec),
+        param_space=_param_space(trials, sweep_cfg),
         tune_config=tune.TuneConfig(
             metric=spec.metric.name,
             mode=spec.metric.mode,
@@ -216,6 +228,7 @@ def run_sweep(
     """Run (or resume) a sweep to the end; see the module docstring."""
     from ray import tune
 
+    from bopsweep.sweep import progress
     from bopsweep.sweep.progress import LiveTable
 
     spec = loaded.spec
@@ -286,61 +299,71 @@ def run_sweep(
         "cpus_per_trial": spec.resources.cpu,
     }
     if resume:
-        from bopsweep.sweep.trainable import run_trial
-
-        trainable = tune.with_resources(
-            run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+        # The saved state brings back the trials and the callbacks (the table).
+        tuner = tune.Tuner.restore(
+            experiment_path,
+            _trainable(spec),
+            resume_unfinished=True,
+            param_space=_param_space(trials, sweep_cfg),
         )
-        # The saved state brings back the param space and the callbacks (the table).
-        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True)
+        progress.ACTIVE_TABLE.sync(tune.ExperimentAnalysis(experiment_path).trials)
     else:
         tuner = _build_tuner(spec, trials, sweep_cfg, storage, [LiveTable(spec, trials)])
-    interrupted = False
-    try:
-        results = tuner.fit()
-    except KeyboardInterrupt:
-        interrupted = True
-        results = None
+    results = tuner.fit()
+    statuses = {
+        t.config["trial"]["index"]: t.status
+        for t in tune.ExperimentAnalysis(experiment_path).trials
+    }
+    errors = _errors_by_index(results)
+    # Ray Tune catches Ctrl-C itself, saves the experiment and returns early:
+    # trials left neither finished nor errored mean the run was interrupted.
+    interrupted = any(status not in ("TERMINATED", "ERROR") for status in statuses.values())
     outcome = SweepOutcome(spec, uri, exp_id, parent_id, storage, interrupted=interrupted)
-    outcome.outcomes = _settle(outcome, trials, results)
-    _finish_parent(outcome)
+    outcome.outcomes = settle_trials(outcome, trials, statuses, errors)
+    finish_parent(outcome)
     return outcome
 
 
-def _settle(outcome: SweepOutcome, trials: list[Trial], results) -> list[TrialOutcome]:
-    """Give every child run a final status and gather the outcome of each trial."""
+def _errors_by_index(results) -> dict[int, str]:
+    errors = {}
+    for result in results:
+        if result.error is not None:
+            match = re.search(r"trial_(\d+)", str(result.path))
+            if match:
+                errors[int(match.group(1))] = str(result.error)
+    return errors
+
+
+def settle_trials(
+    outcome: SweepOutcome, trials: list[Trial], statuses: dict[int, str], errors: dict[int, str]
+) -> list[TrialOutcome]:
+    """Give every child run a final status and gather the outcome of each trial.
+
+    ``statuses`` are Ray's (``TERMINATED``, ``ERROR``, or anything else for a trial
+    that did not end); a run still RUNNING in MLflow is stopped by the scheduler,
+    killed or interrupted, and is never left RUNNING.
+    """
     uri, spec = outcome.tracking_uri, outcome.spec
     by_key = {
         run.data.tags.get(tracking.TRIAL_KEY_TAG): run
         for run in tracking.child_runs(uri, outcome.experiment_id, outcome.parent_run_id)
     }
-    ray_status: dict[int, tuple[str, str | None]] = {}
-    if results is not None:
-        for result in results:
-            index = result.config["trial"]["index"]
-            ray_status[index] = ("ERROR", str(result.error)) if result.error else ("DONE", None)
     client = tracking.client(uri)
     outcomes = []
     for trial in trials:
         run = by_key.get(f"{outcome.parent_run_id}:{trial.index}")
-        state, error = ray_status.get(trial.index, ("UNFINISHED", None))
-        if outcome.interrupted or state == "UNFINISHED":
-            status = "KILLED"
-        elif state == "ERROR":
-            status = "FAILED"
-        else:
-            status = "FINISHED"
+        ray_status = statuses.get(trial.index, "PENDING")
+        status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(ray_status, "KILLED")
         if run is not None and run.info.status == "RUNNING":
-            # Stopped by the scheduler (ASHA), killed, or interrupted: never leave RUNNING.
             client.set_terminated(run.info.run_id, status)
-        if run is not None and run.info.status in ("FAILED",) and status == "FINISHED":
-            status = "FAILED"
-        history = []
+        elif run is not None and run.info.status in tracking.TERMINAL_STATUSES:
+            status = run.info.status if ray_status == "TERMINATED" else status
+        history, flips = [], []
         if run is not None:
             history = client.get_metric_history(run.info.run_id, spec.metric.name)
+            flips = client.get_metric_history(run.info.run_id, "flip_ratio")
         values = [m.value for m in sorted(history, key=lambda m: m.step)]
         best = (max if spec.metric.mode == "max" else min)(values) if values else math.nan
-        flips = client.get_metric_history(run.info.run_id, "flip_ratio") if run else []
         outcomes.append(
             TrialOutcome(
                 trial,
@@ -350,7 +373,7 @@ def _settle(outcome: SweepOutcome, trials: list[Trial], results) -> list[TrialOu
                 best=best,
                 flip_ratio=(sum(m.value for m in flips) / len(flips)) if flips else math.nan,
                 run_id=run.info.run_id if run else None,
-                error=error,
+                error=errors.get(trial.index),
             )
         )
     return outcomes
@@ -391,7 +414,7 @@ def leaderboard_csv(outcome: SweepOutcome) -> str:
     return buffer.getvalue()
 
 
-def _finish_parent(outcome: SweepOutcome) -> None:
+def finish_parent(outcome: SweepOutcome) -> None:
     from mlflow.entities import Metric, RunTag
 
     client = tracking.client(outcome.tracking_uri)

@@ -22,6 +22,8 @@ from bopsweep.bnn.layers import (
 )
 from bopsweep.bnn.quantizers import sign
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _is_binary(t: torch.Tensor) -> bool:
     return bool(torch.all(t.abs() == 1.0))

@@ -26,6 +26,8 @@ from bopsweep.bnn.schedules import Schedule
 from bopsweep.config import HParams
 from bopsweep.train import build_optimizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _param(values) -> nn.Parameter:
     return nn.Parameter(torch.tensor(values, dtype=torch.float32))
@@ -471,7 +473,9 @@ def _make_case(model, latent: bool = False) -> CaseOptimizer:
     if latent:
         bin_opt = torch.optim.Adam(binary, lr=lr(0))
     else:
-        bin_opt = Bop(binary, threshold=1e-4, gamma=Schedule("exponential", 0.2, steps=2, factor=0.5))
+        bin_opt = Bop(
+            binary, threshold=1e-4, gamma=Schedule("exponential", 0.2, steps=2, factor=0.5)
+        )
     return CaseOptimizer(
         model, bin_opt, torch.optim.Adam(others, lr=lr(0)), lr_schedule=lr, clip_binary=latent
     )
@@ -501,8 +505,9 @@ def test_case_optimizer_state_dict_round_trip_continues_identically(latent):
     for (name, b), c in zip(model.named_buffers(), resumed.buffers(), strict=True):
         assert torch.equal(b, c), name
     for inner, resumed_inner in zip(opt.optimizers, resumed_opt.optimizers, strict=True):
-        assert inner.param_groups[0]["lr" if "lr" in inner.param_groups[0] else "step"] == (
-            resumed_inner.param_groups[0]["lr" if "lr" in inner.param_groups[0] else "step"]
+        assert (
+            inner.param_groups[0]["lr" if "lr" in inner.param_groups[0] else "step"]
+            == (resumed_inner.param_groups[0]["lr" if "lr" in inner.param_groups[0] else "step"])
         )
         own = [p for g in inner.param_groups for p in g["params"]]
         other = [p for g in resumed_inner.param_groups for p in g["params"]]

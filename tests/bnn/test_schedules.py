@@ -27,7 +27,18 @@ def test_exponential_staircase():
 
 def test_exponential_exact_halving():
     schedule = Schedule("exponential", 1.0, steps=3, factor=0.5)
-    assert [schedule(step) for step in range(10)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125]
+    assert [schedule(step) for step in range(10)] == [
+        1,
+        1,
+        1,
+        0.5,
+        0.5,
+        0.5,
+        0.25,
+        0.25,
+        0.25,
+        0.125,
+    ]
 
 
 def test_linear_including_past_the_end():

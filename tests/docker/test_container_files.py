@@ -343,6 +343,7 @@ EXPECTED_FILES = [
     "docker/Dockerfile.cpu.dockerignore",
     "docker/compose.yaml",
     "docker/.env.example",
+    "docker/.gitignore",
     "docker/README.md",
     "docker/kuberay/raycluster.yaml",
     "docker/kuberay/rayjob.yaml",
@@ -432,6 +433,16 @@ def test_compose_has_no_literal_secrets(compose, services, env_example) -> None:
     for where, text in iter_strings(compose):
         for placeholder in placeholders:
             assert placeholder not in text, f"{where}: a value from .env.example was pasted in"
+
+
+def test_real_env_file_is_git_ignored() -> None:
+    git = shutil.which("git")
+    if git is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout; ignore rules not checked")
+    result = subprocess.run(
+        [git, "check-ignore", "-q", "docker/.env"], cwd=REPO, capture_output=True, timeout=30
+    )
+    assert result.returncode == 0, "docker/.env (real secrets) is not git-ignored"
 
 
 def test_compose_services_present(services) -> None:
@@ -610,9 +621,10 @@ def test_k8s_objects_match_kubernetes_schemas(k8s_objects) -> None:
     for document in documents:
         try:
             kubernetes_validate.validate(document, K8S_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as error:
+        except Exception as error:  # jsonschema's ValidationError or the package's own
             where = f"{document['kind']}/{document['metadata']['name']}"
-            pytest.fail(f"{where}: {error.message} at {list(error.path)}")
+            detail = getattr(error, "message", str(error))
+            pytest.fail(f"{where}: {detail} at {list(getattr(error, 'path', []))}")
 
 
 def test_resource_quantities_parse(k8s_objects) -> None:
@@ -875,6 +887,8 @@ def test_dockerfile_installs_project(dockerfile) -> None:
     assert any("ray[default]" in r for r in project)
     # KubeRay's default probes exec wget in Ray pods.
     assert any(re.search(r"apt-get install[^&]*\bwget\b", r) for r in runs)
+    # KubeRay runs `ray start` in a login shell, whose /etc/profile may reset PATH.
+    assert any("/etc/profile.d/" in r and "VIRTUAL_ENV" in r for r in runs)
 
 
 def test_dockerfile_torch_wheels(dockerfile) -> None:

@@ -18,6 +18,8 @@ from bopsweep.bnn.models import build_model
 from bopsweep.bnn.quantizers import sign
 from bopsweep.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # The architecture as paper.md lists it: (kind, output width), kernel size 3.
 ARCHITECTURE = [
     ("conv", 128),

@@ -13,6 +13,8 @@ from bopsweep.bnn.models import build_model, model_names
 from bopsweep.bnn.models.mlp import HIDDEN_UNITS
 from bopsweep.bnn.quantizers import sign
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 4, 5)])
 def test_shapes(shape):
