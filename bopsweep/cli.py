@@ -319,6 +319,38 @@ def _print_outcome(outcome, spec: Path, overrides: list[str]) -> None:
 
 
 @app.command()
+def sync(
+    name: Annotated[str, typer.Argument(help="The sweep's name (its results folder).")],
+    storage: Annotated[
+        str, typer.Option(help="Where the sweep's results are (default ./bopsweep_results).")
+    ] = "bopsweep_results",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: the one the sweep was run with)."),
+    ] = None,
+) -> None:
+    """Upload to MLflow the epochs, runs and statuses a sweep's server missed.
+
+    Reads every trial's local results; epochs the server already has are skipped,
+    so it is safe to run more than once.
+    """
+    from bopsweep.sweep.sync import sync_sweep
+    from bopsweep.sweep.tuner import resolve_storage_path
+
+    report = sync_sweep(name, resolve_storage_path(storage), tracking_uri)
+    outcome = report.outcome
+    counts = ", ".join(
+        f"{sum(o.status == s for o in outcome.outcomes)} {s.lower()}"
+        for s in ("FINISHED", "FAILED", "KILLED")
+    )
+    console.print(
+        f"synced {name!r} to {outcome.tracking_uri}: {report.epochs_sent} epochs sent; "
+        f"{len(outcome.outcomes)} trials ({counts})",
+        highlight=False,
+    )
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     host: Annotated[

@@ -75,9 +75,13 @@ def test_bad_values_are_user_errors(overrides, field, message):
 
 
 def test_unknown_hparams_set_lists_the_model_sets():
-    with pytest.raises(UserError, match=r"unknown hparams set 'bop_sec99' for binarynet; "
-                       r"choose from: bop, bop_sec52, default"):  # fmt: skip
+    with pytest.raises(UserError) as error:
         resolve_hparams("binarynet", "bop_sec99", {})
+    message = str(error.value)
+    assert message.startswith("unknown hparams set 'bop_sec99' for binarynet; choose from: ")
+    listed = message.split("choose from: ")[1].split(", ")
+    assert listed == sorted(HPARAM_SETS["binarynet"])
+    assert {"bop", "bop_sec52", "default"} <= set(listed)
 
 
 def test_epochs_argument_overrides_the_set():
@@ -88,14 +92,9 @@ def test_epochs_argument_overrides_the_set():
 # ------------------------------------------------------------ the paper's sets
 
 
-def _non_default(hp: HParams) -> dict:
-    defaults = HParams()
-    return {k: v for k, v in hp.model_dump().items() if getattr(defaults, k) != v}
-
-
 def test_binarynet_sets_match_the_paper():
     sets = HPARAM_SETS["binarynet"]
-    assert set(sets) == {"default", "bop", "bop_sec52"}
+    assert {"default", "bop", "bop_sec52"} <= set(sets)
 
     latent = sets["default"]
     assert (latent.optimizer, latent.epochs, latent.batch_size) == ("latent", 100, 256)
@@ -115,7 +114,7 @@ def test_binarynet_sets_match_the_paper():
     assert (sec52.fp_optimizer, sec52.lr, sec52.lr_schedule) == ("adam", 0.01, "constant")
     assert sec52.threshold_schedule == "constant"
 
-    for hp in sets.values():
+    for hp in (latent, bop, sec52):
         assert hp.weight_decay == 0.0
 
 
@@ -191,7 +190,7 @@ def test_train_config_rejects_unknown_keys():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        (dict(model="resnet"), r"model: unknown model 'resnet'; choose from: binarynet, mlp"),
+        (dict(model="resnet"), r"model: unknown model 'resnet'; choose from: .*binarynet, .*mlp"),
         (dict(model="mlp", dataset="svhn"), r"dataset: unknown dataset 'svhn'; choose from: "),
         (dict(model="mlp", preprocess_fn="crop"), r"unknown preprocess fn 'crop'"),
         (dict(model="mlp", device="tpu"), r"unknown device 'tpu'"),

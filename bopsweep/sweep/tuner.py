@@ -73,7 +73,11 @@ class SweepOutcome:
 
 def resolve_storage(cli_storage: str | None, spec: SweepSpec) -> str:
     """``--storage`` > spec ``storage:`` > ``./bopsweep_results``; URIs are kept."""
-    storage = cli_storage or spec.storage or DEFAULT_STORAGE
+    return resolve_storage_path(cli_storage or spec.storage or DEFAULT_STORAGE)
+
+
+def resolve_storage_path(storage: str) -> str:
+    """An absolute path (Ray needs one) or a URI, as given."""
     if "://" in storage:
         return storage.rstrip("/")
     return str(Path(storage).expanduser().resolve())
@@ -95,7 +99,7 @@ def _init_ray(address: str | None) -> None:
         ray.init(address=address, **quiet)
     else:
         # A private local instance: no dashboard, nothing listening beyond loopback.
-        ray.init(include_dashboard=False, **quiet)
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
 
 
 def _check_cluster(spec: SweepSpec, tracking_uri: str, storage: str) -> None:
@@ -203,7 +207,7 @@ def _state_path(storage: str, name: str) -> Path | None:
     return Path(storage) / name / STATE_FILE
 
 
-def _read_state(storage: str, name: str) -> dict | None:
+def read_state(storage: str, name: str) -> dict | None:
     path = _state_path(storage, name)
     if path is None or not path.is_file():
         return None
@@ -237,7 +241,7 @@ def run_sweep(
     tracking.check_connection(uri)
     storage = resolve_storage(storage, spec)
     experiment_path = f"{storage}/{spec.name}"
-    previous = _read_state(storage, spec.name)
+    previous = read_state(storage, spec.name)
     resume = previous is not None and not restart and tune.Tuner.can_restore(experiment_path)
     if resume and previous["spec_sha256"] != loaded.sha256:
         raise UserError(
@@ -288,6 +292,7 @@ def run_sweep(
                 "experiment_id": exp_id,
                 "parent_run_id": parent_id,
                 "tracking_uri": uri,
+                "spec": spec.model_dump(mode="json"),
             },
         )
 

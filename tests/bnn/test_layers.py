@@ -144,8 +144,8 @@ def test_center_batchnorm_has_beta_but_no_gamma(cls, shape):
         bn.bias.copy_(torch.arange(5.0))
     x = torch.randn(*shape) * 3 + 2
     out = bn(x)
-    dims = [0] + list(range(2, len(shape)))
-    view = [1, 5] + [1] * (len(shape) - 2)
+    dims = [0, *range(2, len(shape))]
+    view = [1, 5, *[1] * (len(shape) - 2)]
     mean = x.mean(dims, keepdim=True)
     var = x.var(dims, unbiased=False, keepdim=True)
     expected = (x - mean) / torch.sqrt(var + 1e-3) + torch.arange(5.0).view(view)

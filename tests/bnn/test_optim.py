@@ -325,9 +325,9 @@ def test_invalid_sigma(sigma):
 
 
 def test_invalid_hyperparameters_in_a_param_group():
-    with pytest.raises(ValueError, match="Invalid gamma: 2.0"):
+    with pytest.raises(ValueError, match=r"Invalid gamma: 2\.0"):
         Bop([{"params": [_param([1.0])], "gamma": 2.0}])
-    with pytest.raises(ValueError, match="Invalid sigma: 0.0"):
+    with pytest.raises(ValueError, match=r"Invalid sigma: 0\.0"):
         Bop2ndOrder([{"params": [_param([1.0])], "sigma": 0.0}])
 
 

@@ -88,7 +88,7 @@ def test_forward_shape(model):
 
 
 def test_no_biases_and_batchnorm_without_scale(model):
-    for name, param in model.named_parameters():
+    for name, _ in model.named_parameters():
         module = model.get_submodule(name.rsplit(".", 1)[0])
         if name.endswith(".bias"):
             assert isinstance(module, CenterBatchNorm1d | CenterBatchNorm2d), name
