@@ -266,7 +266,7 @@ def run(
     _print_outcome(outcome, spec, set_ or [])
     if outcome.interrupted:
         raise typer.Exit(130)
-    if outcome.failed:
+    if outcome.failed or outcome.tracking_error:
         raise typer.Exit(1)
 
 
@@ -297,6 +297,13 @@ def _print_outcome(outcome, spec: Path, overrides: list[str]) -> None:
             o.status,
         )
     out.print(table)
+    if outcome.tracking_error:
+        out.print(
+            f"[red]the tracking server at {outcome.tracking_uri} is unreachable[/] "
+            f"({outcome.tracking_error}); every epoch is in the local results: run "
+            f"`bopsweep sync {outcome.spec.name} --storage {outcome.storage}` when it is back",
+            highlight=False,
+        )
     url = outcome.experiment_url()
     if url:
         out.print(f"MLflow: {url}", highlight=False)

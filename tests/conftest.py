@@ -109,6 +109,12 @@ def tiny_cifar10(tmp_path: Path) -> TinyCifar10:
     return make_tiny_cifar10(tmp_path / "data")
 
 
+@pytest.fixture(scope="session")
+def cifar10_factory() -> Callable[..., TinyCifar10]:
+    """``make_tiny_cifar10`` for fixtures of a wider scope than ``tmp_path``."""
+    return make_tiny_cifar10
+
+
 # Which hparams set of the mlp each variant starts from, and what it overrides.
 VARIANTS = {
     "bop": ("bop", {}),

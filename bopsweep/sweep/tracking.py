@@ -155,7 +155,7 @@ def child_runs(uri: str, exp_id: str, parent_run_id: str) -> list:
             return runs
 
 
-def _unreachable_errors() -> tuple[type[BaseException], ...]:
+def unreachable_errors() -> tuple[type[BaseException], ...]:
     """What a down, restarting or erroring server raises through MlflowClient."""
     import requests
     from mlflow.exceptions import MlflowException
@@ -218,7 +218,7 @@ class TrialTracker:
             return False
         try:
             action()
-        except _unreachable_errors():
+        except unreachable_errors():
             self.failures += 1
             self._next_try = time.monotonic() + self._delay
             self._delay = min(self._delay * 2, self.max_backoff_s)

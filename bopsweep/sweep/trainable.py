@@ -81,8 +81,8 @@ def run_trial(config: dict[str, Any]) -> None:
     torch.set_num_threads(_threads(sweep["cpus_per_trial"]))
     # The tracker retries with its own backoff, between epochs; MLflow's client must
     # not block training for minutes retrying a server that is down.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
     train_config = TrainConfig.model_validate(trial["train"])
     trainer = Trainer(train_config)
     resolved = {**train_config.model_dump(), "hparams": trainer.hparams.model_dump()}
@@ -123,15 +123,16 @@ def run_trial(config: dict[str, Any]) -> None:
 
 class _KillAtEpoch(Callback):
     """Fault injection for the reliability tests: the first attempt of trial
-    ``BOPSWEEP_FAULT_TRIAL`` (default 0) SIGKILLs its own worker after epoch k."""
+    ``BOPSWEEP_FAULT_TRIAL`` (default 0) SIGKILLs its own worker in the middle of
+    epoch k (after its second batch); ``BOPSWEEP_FAULT_MARKER`` records that it did."""
 
     def __init__(self, epoch: int, trial_index: int) -> None:
         self.epoch = epoch
         self.armed = trial_index == int(os.environ.get("BOPSWEEP_FAULT_TRIAL", "0"))
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+    def on_batch_end(self, trainer: Trainer, step: int) -> None:
         marker = Path(os.environ.get("BOPSWEEP_FAULT_MARKER", "/nonexistent"))
-        if self.armed and trainer.epoch == self.epoch and not marker.exists():
+        if self.armed and trainer.epoch == self.epoch and step == 1 and not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text("killed once")
             os.kill(os.getpid(), 9)

@@ -53,6 +53,7 @@ class SweepOutcome:
     storage: str
     outcomes: list[TrialOutcome] = field(default_factory=list)
     interrupted: bool = False
+    tracking_error: str | None = None
 
     @property
     def failed(self) -> list[TrialOutcome]:
@@ -176,6 +177,9 @@ def _build_tuner(spec: SweepSpec, trials: list[Trial], sweep_cfg: dict, storage:
             mode=spec.metric.mode,
             scheduler=scheduler,
             max_concurrent_trials=spec.max_concurrent_trials,
+            # Short trials would otherwise pay a new worker process (and torch import)
+            # each; the trainable sets all of its state itself.
+            reuse_actors=True,
             trial_name_creator=lambda t: f"trial_{t.config['trial']['index']:03d}",
             trial_dirname_creator=lambda t: f"trial_{t.config['trial']['index']:03d}",
         ),
@@ -237,6 +241,10 @@ def run_sweep(
 
     spec = loaded.spec
     trials = expand(loaded)
+    # MLflow's client retries a failed request for minutes by default; the driver
+    # should say the server is unreachable well before that.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     uri = tracking.resolve_tracking_uri(tracking_uri, spec.tracking.uri)
     tracking.check_connection(uri)
     storage = resolve_storage(storage, spec)
@@ -302,6 +310,8 @@ def run_sweep(
         "parent_run_id": parent_id,
         "checkpoint_every": spec.checkpoint.every,
         "cpus_per_trial": spec.resources.cpu,
+        # How long a finished trial keeps retrying an unreachable tracking server.
+        "drain_timeout_s": float(os.environ.get("BOPSWEEP_TRACKING_DRAIN_S", "120")),
     }
     if resume:
         # The saved state brings back the trials and the callbacks (the table).
@@ -324,8 +334,24 @@ def run_sweep(
     # trials left neither finished nor errored mean the run was interrupted.
     interrupted = any(status not in ("TERMINATED", "ERROR") for status in statuses.values())
     outcome = SweepOutcome(spec, uri, exp_id, parent_id, storage, interrupted=interrupted)
-    outcome.outcomes = settle_trials(outcome, trials, statuses, errors)
-    finish_parent(outcome)
+    try:
+        outcome.outcomes = settle_trials(outcome, trials, statuses, errors)
+        finish_parent(outcome)
+    except tracking.unreachable_errors() as error:
+        # Nothing is lost: every epoch is in the trials' local results.
+        outcome.tracking_error = f"{type(error).__name__}: {str(error)[:300]}"
+        outcome.outcomes = [
+            TrialOutcome(
+                t,
+                {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(statuses.get(t.index), "KILLED"),
+                0,
+                math.nan,
+                math.nan,
+                math.nan,
+                error=errors.get(t.index),
+            )
+            for t in trials
+        ]
     return outcome
 
 

@@ -104,9 +104,25 @@ RAYJOB_SPEC_FIELDS = {
 # --------------------------------------------------------------------------- helpers
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also accepts Compose's merge tags, as used in override files."""
+
+
+def _untagged(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+for _tag in ("!reset", "!override"):
+    _Loader.add_constructor(_tag, _untagged)
+
+
 def load_docs(path: Path) -> list[Any]:
     with path.open(encoding="utf-8") as fh:
-        return [doc for doc in yaml.safe_load_all(fh) if doc is not None]
+        return [doc for doc in yaml.load_all(fh, Loader=_Loader) if doc is not None]
 
 
 def iter_strings(node: Any, path: str = "") -> Iterator[tuple[str, str]]:

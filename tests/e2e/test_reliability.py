@@ -1,0 +1,305 @@
+"""Faults injected into real sweeps: killed workers, a killed driver, Ctrl-C, a
+tracking server that goes away, divergence, authentication and load.
+
+Every check goes through MlflowClient against a real ``mlflow server``: one child
+run per trial, every metric step exactly once, no run left RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.e2e.conftest import BIN, bopsweep, start_mlflow_server, sweep_file
+
+pytestmark = pytest.mark.e2e
+
+
+def grid(thresholds: str, gammas: str, epochs: int, *extra: str) -> list[str]:
+    return [
+        "--set",
+        f"parameters.hparams.threshold.values={thresholds}",
+        "--set",
+        f"parameters.hparams.gamma.values={gammas}",
+        "--set",
+        f"train.epochs={epochs}",
+        *extra,
+    ]
+
+
+def sweep_runs(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def assert_each_step_once(client: MlflowClient, run_id: str, epochs: int) -> None:
+    for key in ("epoch", "val_accuracy", "flip_ratio", "train_loss"):
+        steps = Counter(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == Counter(range(epochs)), (key, steps)
+
+
+def start_run(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    return subprocess.Popen(
+        [str(BIN / "bopsweep"), "run", *args],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(predicate, timeout: float = 240.0, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError("condition not reached")
+
+
+def epochs_logged(client: MlflowClient, experiment: str) -> int:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    runs = client.search_runs([exp.experiment_id], "tags.`bopsweep.role` = 'trial'")
+    return sum(len(client.get_metric_history(r.info.run_id, "epoch")) for r in runs)
+
+
+def test_killed_worker_resumes_into_the_same_run(mlflow_server, workdir, tmp_path):
+    marker = tmp_path / "killed"
+    result = bopsweep(
+        "run",
+        sweep_file("quickstart.yaml"),
+        *grid("[1e-6]", "[1e-3,1e-4]", 4, "--set", "max_failures=1"),
+        "--set",
+        "tracking.experiment=e2e-kill-worker",
+        "--tracking-uri",
+        mlflow_server.uri,
+        cwd=workdir,
+        env={
+            "BOPSWEEP_FAULT_KILL_AT_EPOCH": "2",
+            "BOPSWEEP_FAULT_TRIAL": "0",
+            "BOPSWEEP_FAULT_MARKER": str(marker),
+        },
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert marker.exists(), "the worker was never killed"
+    client = MlflowClient(mlflow_server.uri)
+    parents, children = sweep_runs(client, "e2e-kill-worker")
+    assert len(parents) == 1 and len(children) == 2
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert_each_step_once(client, child.info.run_id, 4)
+
+
+def test_divergence_fails_that_trial_only(mlflow_server, workdir):
+    result = bopsweep(
+        "run",
+        sweep_file("quickstart.yaml"),
+        "--set",
+        "parameters={hparams.lr: {values: [0.01, 1.0e38]}}",
+        "--set",
+        "train.hparams.fp_optimizer=sgd",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "tracking.experiment=e2e-nan",
+        "--tracking-uri",
+        mlflow_server.uri,
+        cwd=workdir,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "trial 001 failed" in result.stdout
+    client = MlflowClient(mlflow_server.uri)
+    parents, children = sweep_runs(client, "e2e-nan")
+    by_lr = {float(c.data.params["hparams.lr"]): c for c in children}
+    assert by_lr[0.01].info.status == "FINISHED"
+    diverged = by_lr[1e38]
+    assert diverged.info.status == "FAILED"
+    assert "diverged" in diverged.data.tags["bopsweep.failure"]
+    assert parents[0].info.status == "FAILED"
+    assert parents[0].data.tags["bopsweep.trials_failed"] == "1"
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(mlflow_server, workdir):
+    experiment = "e2e-kill-driver"
+    args = [
+        sweep_file("quickstart.yaml"),
+        *grid("[0,1e-6]", "[1e-3,1e-4]", 60),
+        "--set",
+        f"tracking.experiment={experiment}",
+        "--set",
+        "max_concurrent_trials=1",
+        "--tracking-uri",
+        mlflow_server.uri,
+    ]
+    client = MlflowClient(mlflow_server.uri)
+    driver = start_run(args, workdir)
+
+    def one_finished_and_one_running():
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        runs = client.search_runs([exp.experiment_id], "tags.`bopsweep.role` = 'trial'")
+        statuses = Counter(r.info.status for r in runs)
+        return statuses["FINISHED"] >= 1 and statuses["RUNNING"] >= 1 and runs
+
+    try:
+        runs = wait_for(one_finished_and_one_running)
+        time.sleep(1.5)  # let the running trial log an epoch or two
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = {
+        r.data.tags["bopsweep.trial_key"]: r.info.end_time
+        for r in runs
+        if r.info.status == "FINISHED"
+    }
+    resumed = bopsweep("run", *args, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    parents, children = sweep_runs(client, experiment)
+    assert len(parents) == 1, "the parent run must be reused"
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == 4, "no duplicate child runs"
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert_each_step_once(client, child.info.run_id, 60)
+        key = child.data.tags["bopsweep.trial_key"]
+        if key in before:
+            assert child.info.end_time == before[key], "a finished trial was run again"
+
+
+def test_ctrl_c_marks_runs_killed_and_says_how_to_resume(mlflow_server, workdir):
+    experiment = "e2e-ctrl-c"
+    client = MlflowClient(mlflow_server.uri)
+    driver = start_run(
+        [
+            sweep_file("quickstart.yaml"),
+            *grid("[0,1e-6]", "[1e-3]", 400),
+            "--set",
+            f"tracking.experiment={experiment}",
+            "--tracking-uri",
+            mlflow_server.uri,
+        ],
+        workdir,
+    )
+    wait_for(lambda: epochs_logged(client, experiment) >= 2)
+    os.killpg(driver.pid, signal.SIGINT)
+    output, _ = driver.communicate(timeout=180)
+    assert driver.returncode == 130, output[-3000:]
+    assert "resume with `bopsweep run" in output
+    parents, children = sweep_runs(client, experiment)
+    assert parents[0].info.status == "KILLED"
+    assert children and all(c.info.status == "KILLED" for c in children)
+
+
+def test_tracking_outage_loses_nothing(workdir, tmp_path):
+    server = start_mlflow_server(tmp_path / "flaky")
+    experiment = "e2e-outage"
+    client = MlflowClient(server.uri)
+    try:
+        driver = start_run(
+            [
+                sweep_file("quickstart.yaml"),
+                *grid("[1e-6]", "[1e-3,1e-4]", 40),
+                "--set",
+                f"tracking.experiment={experiment}",
+                "--tracking-uri",
+                server.uri,
+            ],
+            workdir,
+        )
+        wait_for(lambda: epochs_logged(client, experiment) >= 2)
+        server.stop()
+        time.sleep(8)  # several epochs go by with nowhere to log them
+        server.start()
+        output, _ = driver.communicate(timeout=400)
+        assert driver.returncode == 0, output[-3000:]
+        parents, children = sweep_runs(client, experiment)
+        assert len(parents) == 1 and len(children) == 2
+        for child in children:
+            assert child.info.status == "FINISHED"
+            assert_each_step_once(client, child.info.run_id, 40)
+    finally:
+        server.stop()
+
+
+def test_server_that_never_returns_is_filled_by_sync(workdir, tmp_path):
+    server = start_mlflow_server(tmp_path / "gone")
+    experiment = "e2e-sync"
+    client = MlflowClient(server.uri)
+    try:
+        driver = start_run(
+            [
+                sweep_file("quickstart.yaml"),
+                *grid("[1e-6]", "[1e-3,1e-4]", 40),
+                "--set",
+                f"tracking.experiment={experiment}",
+                "--tracking-uri",
+                server.uri,
+            ],
+            workdir,
+            env={"BOPSWEEP_TRACKING_DRAIN_S": "3"},
+        )
+        wait_for(lambda: epochs_logged(client, experiment) >= 2)
+        server.stop()
+        output, _ = driver.communicate(timeout=400)
+        assert driver.returncode == 1, output[-3000:]
+        assert "bopsweep sync quickstart" in output
+        server.start()
+        _, children = sweep_runs(client, experiment)
+        assert any(len(client.get_metric_history(c.info.run_id, "epoch")) < 40 for c in children), (
+            "the outage should have left epochs behind"
+        )
+        synced = bopsweep("sync", "quickstart", cwd=workdir)
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        parents, children = sweep_runs(client, experiment)
+        assert len(parents) == 1 and len(children) == 2
+        assert parents[0].info.status == "FINISHED"
+        for child in children:
+            assert child.info.status == "FINISHED"
+            assert_each_step_once(client, child.info.run_id, 40)
+        again = bopsweep("sync", "quickstart", cwd=workdir)
+        assert again.returncode == 0 and "0 epochs sent" in again.stderr
+    finally:
+        server.stop()
+
+
+def test_many_trials_log_concurrently_without_loss(mlflow_server, workdir):
+    experiment = "e2e-load"
+    result = bopsweep(
+        "run",
+        sweep_file("quickstart.yaml"),
+        *grid("[0,1e-7,1e-6,1e-5]", "[1e-2,1e-3,1e-4,1e-5]", 2),
+        "--set",
+        "seeds=[0,1]",
+        "--set",
+        "train.max_train_samples=256",
+        "--set",
+        f"tracking.experiment={experiment}",
+        "--tracking-uri",
+        mlflow_server.uri,
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(mlflow_server.uri)
+    _, children = sweep_runs(client, experiment)
+    assert len(children) == 32
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert_each_step_once(client, child.info.run_id, 2)

@@ -1,0 +1,211 @@
+"""ImageNet from JPEG class folders: layout, the paper's preprocessing, DataLoader
+batches normalised on the device, and the errors a wrong folder gives."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bopsweep.config import make_train_config
+from bopsweep.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageFolderDataset,
+    LoaderBatches,
+    load_dataset,
+)
+from bopsweep.errors import UserError
+from bopsweep.train import train
+
+CLASSES = ("n01440764", "n01443537")
+# One flat colour per class, so a batch's pixels can be checked against its labels.
+COLOURS = {0: (200, 30, 90), 1: (10, 240, 128)}
+TRAIN_SIZES = [(37, 53), (300, 200), (64, 64)]  # (width, height), three per class
+VAL_SIZES = [(320, 256), (256, 320)]
+
+
+def _write_jpeg(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=95)
+
+
+def _flat(size: tuple[int, int], colour: tuple[int, int, int]) -> np.ndarray:
+    width, height = size
+    return np.broadcast_to(np.array(colour, np.uint8), (height, width, 3)).copy()
+
+
+def _pattern(size: tuple[int, int], seed: int) -> np.ndarray:
+    width, height = size
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def make_tiny_imagenet(root: Path) -> Path:
+    """``root/train/<wnid>/*.JPEG`` (flat colours) and ``root/val/<wnid>/*.JPEG``
+    (random patterns, to check the centre crop pixel by pixel)."""
+    for label, wnid in enumerate(CLASSES):
+        for i, size in enumerate(TRAIN_SIZES):
+            _write_jpeg(root / "train" / wnid / f"{wnid}_{i}.JPEG", _flat(size, COLOURS[label]))
+        for i, size in enumerate(VAL_SIZES):
+            pattern = _pattern(size, seed=10 * label + i)
+            _write_jpeg(root / "val" / wnid / f"ILSVRC2012_val_{label}{i}.JPEG", pattern)
+    return root
+
+
+@pytest.fixture
+def tiny_imagenet(tmp_path: Path) -> Path:
+    """The parent of ``imagenet2012/``, as ``--data-dir`` expects."""
+    make_tiny_imagenet(tmp_path / "data" / "imagenet2012")
+    return tmp_path / "data"
+
+
+def _normalised(pixels: np.ndarray) -> torch.Tensor:
+    """Reference normalisation of decoded ``(H, W, 3)`` uint8 pixels, in float64."""
+    x = torch.from_numpy(pixels.astype(np.float64)).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1) * 255
+    return (x - mean) / std
+
+
+def _decoded(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _batches(data: ImageFolderDataset, batch_size: int, workers: int = 0) -> LoaderBatches:
+    batches = replace(data, num_workers=workers).batches("default", batch_size, "cpu")
+    assert isinstance(batches, LoaderBatches)
+    return batches
+
+
+# ------------------------------------------------------------------------- layout
+def test_loads_from_the_registry(tiny_imagenet):
+    data = load_dataset("imagenet2012", tiny_imagenet)
+    assert isinstance(data, ImageFolderDataset)
+    assert data.classes == CLASSES and data.num_classes == 2
+    assert data.input_shape == (3, 224, 224)
+    assert data.train_y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert len(data.val) == 4
+
+
+def test_data_dir_may_hold_train_and_val_directly(tiny_imagenet):
+    data = load_dataset("imagenet2012", tiny_imagenet / "imagenet2012")
+    assert data.classes == CLASSES and len(data.train) == 6
+
+
+def test_missing_folder_names_the_expected_layout(tmp_path):
+    with pytest.raises(UserError) as error:
+        load_dataset("imagenet2012", tmp_path / "nowhere")
+    message = str(error.value)
+    assert "ImageNet not found" in message
+    assert "imagenet2012/train/<class>/*.JPEG" in message
+    assert "imagenet2012/val/<class>/*.JPEG" in message
+
+
+def test_download_is_not_offered(tmp_path):
+    with pytest.raises(UserError, match="cannot be downloaded automatically"):
+        load_dataset("imagenet2012", tmp_path, download=True)
+
+
+def test_val_without_class_folders_is_an_error(tmp_path):
+    root = tmp_path / "imagenet2012"
+    _write_jpeg(root / "train" / CLASSES[0] / "a.JPEG", _flat((8, 8), (1, 2, 3)))
+    # The raw validation download: 50,000 files in one folder, no classes.
+    _write_jpeg(root / "val" / "ILSVRC2012_val_00000001.JPEG", _flat((8, 8), (1, 2, 3)))
+    with pytest.raises(UserError, match=r"cannot read .*val.*Expected <data-dir>/imagenet2012"):
+        load_dataset("imagenet2012", tmp_path)
+
+
+def test_train_and_val_classes_must_match(tiny_imagenet):
+    extra = tiny_imagenet / "imagenet2012" / "val" / "n99999999" / "x.JPEG"
+    _write_jpeg(extra, _flat((8, 8), (1, 2, 3)))
+    with pytest.raises(UserError, match=r"same class folders .*only in val: \['n99999999'\]"):
+        load_dataset("imagenet2012", tiny_imagenet)
+
+
+def test_other_preprocessing_is_refused(tiny_imagenet):
+    data = load_dataset("imagenet2012", tiny_imagenet)
+    with pytest.raises(UserError, match="preprocess_fn 'default'"):
+        data.batches("resize_and_flip", 4, "cpu")
+
+
+def test_limit_spans_the_classes(tiny_imagenet):
+    data = load_dataset("imagenet2012", tiny_imagenet).limit(2, 3)
+    # Samples are sorted by class; evenly spaced ones still cover both.
+    assert data.train_y.tolist() == [0, 1]
+    batches = _batches(data, batch_size=2)
+    assert batches.num_train == 2 and batches.steps_per_epoch() == 1
+    assert sum(len(y) for _, y in batches.val()) == 3
+    assert load_dataset("imagenet2012", tiny_imagenet).limit(None, None).train_indices is None
+
+
+# -------------------------------------------------------------------- the batches
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_batches_are_normalised_crops_of_the_images(tiny_imagenet, workers):
+    data = load_dataset("imagenet2012", tiny_imagenet)
+    batches = _batches(data, batch_size=4, workers=workers)
+    assert (batches.num_train, batches.num_classes, batches.input_shape) == (6, 2, (3, 224, 224))
+    # 6 images in batches of 4: one full batch and one of 2.
+    assert batches.steps_per_epoch() == 2
+    out = list(batches.train(torch.Generator().manual_seed(0)))
+    assert [tuple(x.shape) for x, _ in out] == [(4, 3, 224, 224), (2, 3, 224, 224)]
+    assert sorted(torch.cat([y for _, y in out]).tolist()) == [0, 0, 0, 1, 1, 1]
+    for x, y in out:
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        for image, label in zip(x, y, strict=True):
+            # A crop of a flat colour is that colour, normalised channel by channel.
+            files = sorted((tiny_imagenet / "imagenet2012" / "train" / CLASSES[label]).iterdir())
+            colour = _decoded(files[0])[0, 0]
+            expected = _normalised(colour.reshape(1, 1, 3)).float()
+            assert torch.allclose(image, expected.expand_as(image), atol=1e-5)
+
+
+def test_train_order_follows_the_generator(tiny_imagenet):
+    batches = _batches(load_dataset("imagenet2012", tiny_imagenet), batch_size=2)
+
+    def labels(seed: int) -> list[list[int]]:
+        return [y.tolist() for _, y in batches.train(torch.Generator().manual_seed(seed))]
+
+    assert labels(3) == labels(3)
+    assert any(labels(3) != labels(seed) for seed in range(4, 12))
+
+
+def test_val_is_resize_256_and_centre_crop_224(tiny_imagenet):
+    batches = _batches(load_dataset("imagenet2012", tiny_imagenet), batch_size=3)
+    out = list(batches.val())
+    assert [tuple(x.shape) for x, _ in out] == [(3, 3, 224, 224), (1, 3, 224, 224)]
+    images = torch.cat([x for x, _ in out])
+    labels = torch.cat([y for _, y in out]).tolist()
+    assert labels == [0, 0, 1, 1]  # in folder order, unshuffled
+    files = sorted((tiny_imagenet / "imagenet2012" / "val").rglob("*.JPEG"))
+    for image, path in zip(images, files, strict=True):
+        pixels = _decoded(path)
+        # Short side already 256: the resize keeps the image, the crop takes the centre.
+        top, left = (pixels.shape[0] - 224) // 2, (pixels.shape[1] - 224) // 2
+        expected = _normalised(pixels[top : top + 224, left : left + 224])
+        assert torch.allclose(image.double(), expected, atol=1e-5)
+
+
+def test_trains_end_to_end(tiny_imagenet):
+    config = make_train_config(
+        model="birealnet",
+        dataset="imagenet2012",
+        data_dir=str(tiny_imagenet),
+        hparams_set="bop",
+        hparams={"batch_size": 4},
+        epochs=1,
+        device="cpu",
+        max_train_samples=4,
+        max_val_samples=2,
+    )
+    result = train(config)
+    metrics = result.final
+    assert result.hparams.batch_size == 4
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert metrics["flip_ratio"] >= 0.0 and "flip_ratio/stage1.0.conv" in metrics
+    assert metrics["samples_per_s"] > 0
