@@ -136,10 +136,14 @@ def _check_cluster(spec: SweepSpec, tracking_uri: str, storage: str) -> None:
 
 
 def _trial_configs(trials: list[Trial]) -> list[dict[str, Any]]:
-    return [
-        {"index": t.index, "name": t.name, "swept": t.swept, "train": t.train.model_dump()}
-        for t in trials
-    ]
+    configs = []
+    for t in trials:
+        train = t.train.model_dump()
+        # Ray runs each trial in its own folder: a relative data_dir means the
+        # driver's working directory.
+        train["data_dir"] = str(Path(train["data_dir"]).expanduser().resolve())
+        configs.append({"index": t.index, "name": t.name, "swept": t.swept, "train": train})
+    return configs
 
 
 def _trainable(spec: SweepSpec):
