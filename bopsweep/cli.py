@@ -358,6 +358,56 @@ def sync(
 
 
 @app.command()
+def submit(
+    spec: SpecArg,
+    set_: SetOpt = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS "
+            "or $RAY_ADDRESS)."
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow server the trials log to (default: $MLFLOW_TRACKING_URI)."),
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Shared storage on the cluster for results.")
+    ] = None,
+    working_dir: Annotated[
+        Path, typer.Option(help="Folder uploaded with the job (holds the spec).")
+    ] = Path("."),
+    wait: Annotated[bool, typer.Option(help="Follow the job's logs until it ends.")] = True,
+) -> None:
+    """Run a sweep on a Ray cluster as a Ray Job (`bopsweep run` on the head node).
+
+    The tracking URI and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD travel as
+    the job's environment variables, not on its command line.
+    """
+    from bopsweep.sweep.spec import load_spec
+    from bopsweep.sweep.submit import submit_sweep
+
+    load_spec(spec, set_ or [])  # a bad spec is refused here, not on the cluster
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise UserError("give the cluster's job server: --address http://HEAD:8265")
+    submission_id, status = submit_sweep(
+        spec,
+        set_ or [],
+        address=address,
+        tracking_uri=tracking_uri,
+        storage=storage,
+        working_dir=working_dir,
+        wait=wait,
+        echo=lambda text: console.print(text, highlight=False, markup=False),
+    )
+    console.print(f"job {submission_id}: {status}", highlight=False)
+    if status not in ("SUCCEEDED", "PENDING"):
+        raise typer.Exit(1)
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     host: Annotated[
@@ -396,6 +446,95 @@ def ui(
         raise typer.Exit(subprocess.call(command))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+@app.command(no_args_is_help=True)
+def report(
+    name_or_spec: Annotated[
+        str,
+        typer.Argument(
+            help="A sweep name (e.g. quickstart) or its spec file (e.g. sweeps/quickstart.yaml)."
+        ),
+    ],
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec, then "
+            "sqlite:///mlflow.db here)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the report (default: ./bopsweep_reports/<name>)."),
+    ] = None,
+    log_to_parent: Annotated[
+        bool,
+        typer.Option(help="Also log the report to the sweep's parent run, under report/."),
+    ] = True,
+) -> None:
+    """Leaderboard, curves (paper Figure 1) and heatmaps of a sweep, read from MLflow."""
+    from bopsweep.sweep import report as sweep_report
+
+    uri = sweep_report.tracking_uri_for(name_or_spec, tracking_uri)
+    result = sweep_report.write_report(uri, name_or_spec, out, log_to_parent=log_to_parent)
+    stdout = _make_console()
+    stdout.print(sweep_report.leaderboard_table(result))
+    stdout.print(
+        f"report: {result.out_dir} ({', '.join(p.name for p in result.files)})", highlight=False
+    )
+    where = "logged to the parent run under report/" if result.logged_to_parent else "parent run"
+    browse = "" if uri.startswith("http") else " (browse it with `bopsweep ui`)"
+    stdout.print(f"{where}: {result.parent_link}{browse}", highlight=False)
+
+
+@app.command()
+def bench(
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    quick: Annotated[
+        bool,
+        typer.Option(
+            help="Fewer rounds and smaller runs (under a minute on 2 CPU cores); every "
+            "section still runs, Ray and MLflow included."
+        ),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the JSON (default: bench_results/bench-<device>.json)."),
+    ] = None,
+) -> None:
+    """Measure Bop, training, data, sweep, logging and memory against their targets.
+
+    Each target is a ratio of two measurements interleaved in the same run; see
+    docs/benchmarks.md.
+    """
+    from rich.table import Table
+
+    from bopsweep.bench import failed_sections, run_bench, table_rows
+
+    results = run_bench(
+        device,
+        quick=quick,
+        progress=lambda message: console.print(f"bench: {message}", highlight=False),
+    )
+    path = output or Path("bench_results") / f"bench-{device}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    machine = results["machine"]
+    table = Table(
+        title=f"bopsweep bench ({'quick' if quick else 'full'}) on {machine['device']}: "
+        f"{machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}"
+    )
+    for column in ("section", "figure", "value", "target", "met"):
+        table.add_column(column, justify="right" if column in ("value", "target") else "left")
+    for row in table_rows(results):
+        style = "red" if row[4] == "NO" else ("green" if row[4] == "yes" else None)
+        table.add_row(*row, style=style)
+    _make_console().print(table)
+    console.print(f"wrote {path} in {results['elapsed_s']:.0f} s", highlight=False)
+    failed = failed_sections(results)
+    if failed:
+        console.print(f"[bold red]failed sections:[/] {', '.join(failed)}", highlight=False)
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -223,6 +223,12 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     max_train_samples: int | None = Field(None, gt=1)
     max_val_samples: int | None = Field(None, gt=0)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: forward passes under bfloat16 autocast (binary weights, Bop's "
+        "state and the optimizers stay float32)",
+    )
+    compile: bool = Field(False, description="torch.compile the model (slow first steps)")
 
     @field_validator("model")
     @classmethod

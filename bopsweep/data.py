@@ -382,22 +382,20 @@ def normalize(x: Tensor, pixel_max: float) -> Tensor:
 
 def crop_and_flip(x: Tensor, pad: int, generator: torch.Generator | None) -> Tensor:
     """Zero-pad by ``pad``, take a random crop of the original size and flip half of
-    the images left-right; one gather for the whole batch, on x's device."""
-    n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    the images left-right; one indexing op for the whole batch, on x's device."""
+    n, _, h, w = x.shape
     dev = x.device
-    off_y = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=dev)
-    off_x = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=dev)
-    flip = torch.rand((n, 1), generator=generator, device=dev) < 0.5
-    cols = torch.arange(w, device=dev)
-    cols = torch.where(flip, off_x + (w - 1 - cols), off_x + cols)
-    rows = off_y + torch.arange(h, device=dev)
-    return padded[
-        torch.arange(n, device=dev)[:, None, None, None],
-        torch.arange(c, device=dev)[None, :, None, None],
-        rows[:, None, :, None],
-        cols[:, None, None, :],
-    ]
+    off_y = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    off_x = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    flip = torch.rand((n,), generator=generator, device=dev) < 0.5
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    # Every crop of the padded batch and of its mirror image, as a view (no copy):
+    # (2, n, c, rows, cols, h, w). A mirrored crop at column 2 * pad - off_x is the
+    # mirror of the crop at off_x. Indexing this view moves each output pixel once,
+    # with per-image offsets instead of a per-pixel index tensor.
+    windows = torch.stack([padded, padded.flip(-1)]).unfold(3, h, 1).unfold(4, w, 1)
+    cols = torch.where(flip, 2 * pad - off_x, off_x)
+    return windows[flip.long(), torch.arange(n, device=dev), :, off_y, cols]
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,17 @@ class Trainer:
         if self.hparams.optimizer == "latent":
             use_latent_weights(model)
         self.model = model.to(self.device)
+        # Convolutions run in NHWC in oneDNN (CPU) and in cuDNN's tensor-core kernels;
+        # with the weights stored that way, activations follow without reorders.
+        self.channels_last = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            # Input shapes are fixed: let cuDNN time its algorithms once and keep the best.
+            torch.backends.cudnn.benchmark = True
+        if config.compile:
+            # In place, so state dicts (checkpoints) keep the plain module's keys.
+            self.model.compile()
         self.steps_per_epoch = self.batches.steps_per_epoch()
         self.optimizer = build_optimizer(self.model, self.hparams, self.steps_per_epoch)
         self.layer_names = {layer.weight: name for name, layer in binary_layers(self.model)}
@@ -166,13 +177,28 @@ class Trainer:
             rates["lr"] = lr
         return rates
 
+    def _autocast(self) -> torch.autocast:
+        # bfloat16 keeps float32's exponent range (no loss scaling), and the +-1 inputs
+        # and kernels of binarized layers are exact in it; accumulation stays float32.
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"
+        )
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            logits = self.model(x)
+        # The loss and the accuracy in float32 whatever the precision of the forward.
+        return logits.float()
+
     def train_epoch(self, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
         self.model.train()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         for step, (x, y) in enumerate(self.batches.train(self.generator)):
-            logits = self.model(x)
+            logits = self._forward(x)
             loss = F.cross_entropy(logits, y)
             self.optimizer.zero_grad()
             loss.backward()
@@ -192,7 +218,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         for x, y in self.batches.val():
-            logits = self.model(x)
+            logits = self._forward(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)

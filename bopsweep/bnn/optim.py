@@ -24,7 +24,7 @@ optimizer and every other parameter to a full-precision one (Adam in the paper).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -50,9 +50,9 @@ def _flip_single(w: Tensor, score: Tensor, threshold: float, flips: Tensor | Non
     w.copy_(new)
 
 
-# Elements per slice of the CPU flip pass. A slice's temporaries (one float buffer and
-# two byte masks, ~6 MiB) stay in the last-level cache between the passes over it, so
-# each weight and moment comes from memory about once per step instead of once per op.
+# Elements per slice of the CPU flip pass: a slice's two float scratch buffers (8 MiB)
+# stay in cache between the passes over it, and no step allocates full-size
+# temporaries (fresh pages cost a fault each on the CPU).
 _FLIP_SLICE = 1 << 20
 
 
@@ -66,48 +66,85 @@ def _flat(t: Tensor) -> Tensor | None:
 
 
 def _flip_slice(
-    w: Tensor, score: Tensor, threshold: float, buffer: Tensor, count: Tensor | None
+    w: Tensor,
+    score: Tensor,
+    threshold: float,
+    new: Tensor,
+    sign_w: Tensor,
+    count: Tensor | None,
 ) -> None:
-    # The same decisions as _flip_single, from exact operations only (a product with a
-    # sign is exact), so the result does not depend on how the tensor is sliced.
-    s = torch.mul(w, score, out=buffer)
-    s.sub_(threshold)
-    s.sign_()
-    s.mul_(w)
-    to_minus = s > 0
+    # The decisions of _flip_single from exact operations only, each its own kernel (no
+    # fused multiply-add), so the result does not depend on how a tensor is sliced.
+    # Arithmetic throughout: on the CPU, bool masks and where() are several times
+    # slower than vectorized float ops.
+    torch.sign(w, out=sign_w)
+    torch.mul(w, score, out=new).sub_(threshold).sign_()
+    # 0.5 - s * sign(w): -0.5 exactly where s * w > 0, else 0.5 or 1.5 (the product
+    # is -1, 0 or 1, so no rounding whether or not it is fused with the add).
+    torch.addcmul(new.new_full((), 0.5), new, sign_w, value=-1.0, out=new)
+    torch.sign(new, out=w)
     if count is not None:
-        # new * w < 0 (a value changed) is exactly "new is -1" xor "w is negative";
-        # a zero w gives new = +1 and counts as unchanged either way.
-        count.add_(torch.ne(to_minus, w < 0).sum())
-    torch.where(to_minus, w.new_full((), -1.0), w.new_full((), 1.0), out=w)
+        # w_new * sign(w_old) is +1 where a nonzero value kept its sign, -1 where it
+        # changed (the tie -1 -> +1 included) and 0 for a zero: with n the nonzero
+        # count, the dot product is n - 2 * changed. Sums of +-1 stay exact in float.
+        flat_sign = sign_w.reshape(-1)
+        nonzero = torch.dot(flat_sign, flat_sign)
+        count.add_(nonzero.sub_(torch.dot(w.reshape(-1), flat_sign)).div_(2))
 
 
-def _flip_sliced(
-    ws: list[Tensor], scores: list[Tensor], threshold: float, flips: list[Tensor] | None
+def _slices(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
+    """Matching slices of same-layout tensors in memory order (the whole tensors when
+    their layouts differ or have gaps)."""
+    flats = [_flat(t) for t in tensors]
+    if any(f is None for f in flats) or any(t.stride() != tensors[0].stride() for t in tensors):
+        yield tensors
+        return
+    for start in range(0, flats[0].numel(), _FLIP_SLICE):
+        yield tuple(f[start : start + _FLIP_SLICE] for f in flats)
+
+
+def _sliced_on_cpu(ws: list[Tensor]) -> bool:
+    # The flip count sums +-1 in the weights' dtype, which is exact in float32/64 only.
+    return all(w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64) for w in ws)
+
+
+def _sliced_pass(
+    ws: list[Tensor],
+    scores: list[Tensor],
+    threshold: float,
+    flips: list[Tensor] | None,
+    grads: list[Tensor] | None = None,
+    gamma: float = 0.0,
 ) -> None:
-    # On the CPU a foreach op is a loop of per-tensor ops, each a full pass over memory;
-    # going slice by slice keeps the passes of one slice in cache.
-    largest = max(min(w.numel(), _FLIP_SLICE) for w in ws)
-    scratch = torch.empty(largest, dtype=torch.result_type(ws[0], scores[0]))
+    # On the CPU a foreach op is a loop of per-tensor ops, each a full pass over memory
+    # into freshly allocated temporaries. Slice by slice (the moving average updated
+    # in the same slice when ``grads`` is given), the passes over a slice stay in cache
+    # and memory is read about once. lerp_ gives the same bits on a slice as on the
+    # whole tensor, which the foreach == single-tensor tests pin.
+    buffers: dict[str, Tensor] = {}
+
+    def scratch(name: str, like: Tensor) -> Tensor:
+        buffer = buffers.get(name)
+        if buffer is None or buffer.numel() < like.numel():
+            buffer = buffers[name] = torch.empty(like.numel(), dtype=like.dtype)
+        return buffer[: like.numel()].view(like.shape)
+
     for i, (w, score) in enumerate(zip(ws, scores, strict=True)):
-        count = None if flips is None else torch.zeros((), dtype=torch.int64)
-        flat_w, flat_score = _flat(w), _flat(score)
-        if flat_w is None or flat_score is None or w.stride() != score.stride():
-            _flip_slice(w, score, threshold, torch.empty(w.shape, dtype=scratch.dtype), count)
-        else:
-            for start in range(0, flat_w.numel(), _FLIP_SLICE):
-                w_part = flat_w[start : start + _FLIP_SLICE]
-                score_part = flat_score[start : start + _FLIP_SLICE]
-                _flip_slice(w_part, score_part, threshold, scratch[: w_part.numel()], count)
-        if flips is not None:
-            flips[i].add_(count)
+        count = None if flips is None else flips[i]
+        tensors = (w, score) if grads is None else (w, score, grads[i])
+        for parts in _slices(*tensors):
+            if grads is not None:
+                parts[1].lerp_(parts[2], gamma)
+            w_part, score_part = parts[0], parts[1]
+            new, sign_w = scratch("new", w_part), scratch("sign_w", w_part)
+            _flip_slice(w_part, score_part, threshold, new, sign_w, count)
 
 
 def _flip_multi(
     ws: list[Tensor], scores: list[Tensor], threshold: float, flips: list[Tensor] | None
 ) -> None:
-    if ws[0].device.type == "cpu":
-        _flip_sliced(ws, scores, threshold, flips)
+    if _sliced_on_cpu(ws):
+        _sliced_pass(ws, scores, threshold, flips)
         return
     # Elsewhere foreach ops are fused multi-tensor kernels: few launches for many tensors.
     s = torch._foreach_mul(ws, scores)
@@ -152,6 +189,9 @@ def _multi_tensor_bop(
     gamma: float,
 ) -> None:
     if not params:
+        return
+    if _sliced_on_cpu(params):
+        _sliced_pass(params, ms, threshold, flips, grads, gamma)
         return
     torch._foreach_lerp_(ms, grads, gamma)
     _flip_multi(params, ms, threshold, flips)

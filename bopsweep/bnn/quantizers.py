@@ -16,7 +16,17 @@ import torch
 
 def sign(x: torch.Tensor) -> torch.Tensor:
     """``sign`` with ``sign(0) = +1``: the binarization used everywhere in bopsweep."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    # Larq's own formulation, sign(sign(x) + 0.1): plain vectorized float ops in x's
+    # dtype, several times faster than a comparison and where() (bf16 especially).
+    return torch.sign(x).add_(0.5).sign_()
+
+
+def _ste_gate(grad_output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # grad where |x| <= 1, else 0, in one fused kernel: hardtanh's backward passes the
+    # gradient strictly inside (min, max), and no value of x's dtype lies strictly
+    # between 1 and 1 + eps.
+    bound = 1.0 + torch.finfo(x.dtype).eps
+    return torch.ops.aten.hardtanh_backward(grad_output, x, -bound, bound)
 
 
 class _SteSign(torch.autograd.Function):
@@ -28,7 +38,7 @@ class _SteSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        return grad_output * (x.abs() <= 1).to(grad_output.dtype)
+        return _ste_gate(grad_output, x)
 
 
 def ste_sign(x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,9 @@ import itertools
 import json
 import math
 import re
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +118,8 @@ class Heatmap:
 
 @dataclass
 class ReportResult:
+    """What ``write_report`` found and wrote: ranked rows, heatmap matrices, files."""
+
     sweep: str
     tracking_uri: str
     experiment_id: str
@@ -148,21 +152,31 @@ def is_spec_path(name_or_spec: str | Path) -> bool:
     return text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text
 
 
-def _target(name_or_spec: str | Path) -> tuple[str, str | None, str | None]:
-    """``(sweep name, experiment, spec's tracking URI)`` of a name or a spec file."""
+@dataclass(frozen=True)
+class _Target:
+    """What a sweep name or a spec file says about where the sweep is tracked."""
+
+    name: str
+    experiment: str | None = None
+    tracking_uri: str | None = None
+    metric: tuple[str, str] | None = None
+
+
+def _target(name_or_spec: str | Path) -> _Target:
     if not is_spec_path(name_or_spec):
-        return str(name_or_spec), None, None
+        return _Target(str(name_or_spec))
     from bopsweep.sweep.spec import load_spec
 
     spec = load_spec(name_or_spec).spec
-    return spec.name, spec.experiment, spec.tracking.uri
+    return _Target(
+        spec.name, spec.experiment, spec.tracking.uri, (spec.metric.name, spec.metric.mode)
+    )
 
 
 def tracking_uri_for(name_or_spec: str | Path, cli_uri: str | None) -> str:
     """The tracking URI, with ``bopsweep run``'s precedence: ``--tracking-uri`` >
     ``MLFLOW_TRACKING_URI`` > the spec's ``tracking.uri`` > ``./mlflow.db``."""
-    _, _, spec_uri = _target(name_or_spec)
-    return tracking.resolve_tracking_uri(cli_uri, spec_uri)
+    return tracking.resolve_tracking_uri(cli_uri, _target(name_or_spec).tracking_uri)
 
 
 def run_link(uri: str, experiment_id: str, run_id: str) -> str:
@@ -207,11 +221,11 @@ def find_parent_run(client, name: str, experiment: str | None = None, uri: str =
     candidates = []
     if preferred is not None and preferred.lifecycle_stage == "active":
         candidates = _sweep_parents(client, [preferred.experiment_id], name)
-    experiments = _all_pages(
-        lambda token: client.search_experiments(max_results=1000, page_token=token)
-    )
-    experiment_ids = [e.experiment_id for e in experiments]
     if not candidates:
+        experiments = _all_pages(
+            lambda token: client.search_experiments(max_results=1000, page_token=token)
+        )
+        experiment_ids = [e.experiment_id for e in experiments]
         candidates = _sweep_parents(client, experiment_ids, name)
     if candidates:
         return max(candidates, key=lambda run: (run.info.start_time or 0, run.info.run_id))
@@ -443,8 +457,10 @@ def leaderboard_table(result: ReportResult):
     metric = result.metric
     columns = ["rank", "trial", *(k.removeprefix("hparams.") for k in result.swept_keys)]
     columns += [f"final {metric}", f"best {metric}", "mean flip_ratio", "epochs", "status", "run"]
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("status", "run") else "right")
+    for column in columns[:-1]:
+        table.add_column(column, justify="left" if column == "status" else "right")
+    # Whole run ids (other columns wrap first): they are what users copy.
+    table.add_column("run", no_wrap=True, min_width=32)
     for row in result.rows:
         style = {"FINISHED": "green", "FAILED": "red", "RUNNING": "cyan"}.get(row.status, "")
         run = f"[link={row.link}]{row.run_id}[/link]" if row.link != row.run_id else row.run_id
@@ -535,12 +551,11 @@ def _label(key: str) -> str:
 def plot_value(value: Any) -> str:
     """Compact labels for figures: 1e-3 rather than 0.001."""
     if isinstance(value, float) and value != 0 and abs(value) < 0.1:
-        mantissa, exponent = f"{value:.0e}".split("e")
-        if float(mantissa) * 10 ** int(exponent) == value or math.isclose(
-            float(mantissa) * 10 ** int(exponent), value, rel_tol=1e-9
-        ):
-            return f"{mantissa}e{int(exponent)}"
-        return f"{value:.3g}"
+        text = f"{value:.0e}"  # one significant digit, when that is exact
+        if not math.isclose(float(text), value, rel_tol=1e-9):
+            return f"{value:.3g}"
+        mantissa, exponent = text.split("e")
+        return f"{mantissa}e{int(exponent)}"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
@@ -613,8 +628,16 @@ def curve_panels(
 
 
 def _save(figure, stem: Path) -> list[Path]:
+    from PIL import Image  # matplotlib's own dependency
+
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    figure.savefig(paths[0], dpi=120, metadata={"Software": None})
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    # A 256-colour palette looks the same for flat plots and is a third of the size,
+    # which matters for artifacts fetched by a browser and for images kept in git.
+    image = Image.open(buffer).convert("RGB")
+    palette = image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    palette.save(paths[0], optimize=True)
     figure.savefig(paths[1], metadata={"Date": None})
     return paths
 
@@ -624,6 +647,7 @@ def plot_curves(panels: Sequence[CurvePanel], stem: Path, title: str, seeds: int
     flip ratio, one column per swept parameter."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(5.2 * len(panels) + 0.6, 7.4), layout="constrained")
     axes = figure.subplots(2, len(panels), sharex="col", squeeze=False)
@@ -653,10 +677,10 @@ def plot_curves(panels: Sequence[CurvePanel], stem: Path, title: str, seeds: int
         accuracy_ax.set_ylabel("accuracy")
         accuracy_ax.grid(True, alpha=0.3)
         flip_ax.axhline(LOG_FLIP_FLOOR, color="0.55", linestyle=":", linewidth=1)
-        flip_ax.set_ylabel("log flip ratio  π = ln(flips/weights + e⁻⁹)")
+        flip_ax.set_ylabel("log flip ratio  π = ln(flip ratio + e⁻⁹)")
         flip_ax.set_xlabel("epoch")
+        flip_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         flip_ax.grid(True, alpha=0.3)
-        flip_ax.set_ylim(top=max(0.0, flip_ax.get_ylim()[1]))
         flip_ax.set_ylim(bottom=LOG_FLIP_FLOOR - 0.4)
         handles = [
             Line2D([], [], color=c, linewidth=2, label=label)
@@ -755,7 +779,11 @@ def _log_to_parent(client, result: ReportResult) -> None:
     from mlflow.entities import Metric, RunTag
 
     run_id = result.parent_run_id
-    client.log_artifacts(run_id, str(result.out_dir), REPORT_ARTIFACT_DIR)
+    # Only the report's own files, even when --out is a folder that holds others.
+    with tempfile.TemporaryDirectory() as staging:
+        for path in result.files:
+            shutil.copy2(path, Path(staging) / path.name)
+        client.log_artifacts(run_id, staging, REPORT_ARTIFACT_DIR)
     parent = client.get_run(run_id)
     table_path = f"{REPORT_ARTIFACT_DIR}/{TABLE_FILE}"
     logged = json.loads(parent.data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
@@ -789,12 +817,26 @@ def _log_to_parent(client, result: ReportResult) -> None:
         client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)
 
 
+def _check_store(uri: str) -> None:
+    """A reachable server, or a local store that exists: opening a missing sqlite
+    file would create an empty store where the user expected their sweeps."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+        if not path.is_file():
+            raise UserError(
+                f"no MLflow store at {path}: run a sweep here first, or pass --tracking-uri "
+                "(or set MLFLOW_TRACKING_URI) to where the sweep was tracked"
+            )
+    tracking.check_connection(uri)
+
+
 def write_report(
     tracking_uri: str,
     name_or_spec: str | Path,
     out_dir: Path | None = None,
     *,
     log_to_parent: bool = True,
+    parent_run_id: str | None = None,
 ) -> ReportResult:
     """Read a sweep back from MLflow and write its report; see the module docstring.
 
@@ -803,18 +845,18 @@ def write_report(
     (default ``./bopsweep_reports/<name>``): ``leaderboard.{csv,md,json}``,
     ``curves.{png,svg}`` and, for a 2-D grid, ``heatmaps.{png,svg}``. With
     ``log_to_parent`` they are also logged to the parent run under ``report/``.
+    ``parent_run_id`` names the parent run outright (the sweep runner knows it),
+    instead of looking the sweep up by name.
     """
-    name, experiment, _ = _target(name_or_spec)
-    tracking.check_connection(tracking_uri)
+    target = _target(name_or_spec)
+    name = target.name
+    _check_store(tracking_uri)
     client = tracking.client(tracking_uri)
-    parent = find_parent_run(client, name, experiment, tracking_uri)
-    spec_metric = None
-    if is_spec_path(name_or_spec):
-        from bopsweep.sweep.spec import load_spec
-
-        spec = load_spec(name_or_spec).spec
-        spec_metric = (spec.metric.name, spec.metric.mode)
-    metric, mode = _parent_metric(parent, spec_metric)
+    if parent_run_id is not None:
+        parent = client.get_run(parent_run_id)
+    else:
+        parent = find_parent_run(client, name, target.experiment, tracking_uri)
+    metric, mode = _parent_metric(parent, target.metric)
     experiment_id, parent_run_id = parent.info.experiment_id, parent.info.run_id
     trials = load_trials(client, experiment_id, parent_run_id, metric)
     if not trials:

@@ -96,11 +96,22 @@ def _init_ray(address: str | None) -> None:
         return
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     address = address or os.environ.get("RAY_ADDRESS")
+    cwd = os.getcwd()
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as error:
+            raise UserError(f"cannot connect to the Ray cluster at {address}: {error}") from None
     else:
         # A private local instance: no dashboard, nothing listening beyond loopback.
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+        # address="local": never join a cluster that `ray start` left recorded here.
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+    # As a Ray Job's driver, connecting can unpack the job's working directory anew
+    # at the same path, leaving this process in a deleted directory.
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        os.chdir(cwd)
 
 
 def _check_cluster(spec: SweepSpec, tracking_uri: str, storage: str) -> None:

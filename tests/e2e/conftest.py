@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +26,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 90.0, process: subprocess.Popen | None = None) -> None:
+def wait_http(
+    url: str,
+    timeout: float = 90.0,
+    process: subprocess.Popen | None = None,
+    accept: tuple[int, ...] = (200,),
+) -> None:
+    """Wait until ``url`` answers with one of the ``accept`` statuses."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with code {process.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
+                if response.status in accept:
                     return
+        except urllib.error.HTTPError as error:
+            if error.code in accept:
+                return
+            time.sleep(0.3)
         except OSError:
             time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
