@@ -27,6 +27,7 @@ from bopsweep.sweep.tuner import (
     finish_parent,
     read_state,
     settle_trials,
+    write_sweep_report,
 )
 
 # What Ray adds to every reported result; the rest are bopsweep's own metrics.
@@ -118,4 +119,5 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
     outcome.outcomes = settle_trials(outcome, trials, statuses, errors)
     outcome.interrupted = any(s == "UNFINISHED" for s in statuses.values())
     finish_parent(outcome)
+    write_sweep_report(outcome)
     return SyncReport(outcome, sent)

@@ -9,8 +9,6 @@ then settle every child run's status and write the summary to the parent run.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -352,6 +350,7 @@ def run_sweep(
     try:
         outcome.outcomes = settle_trials(outcome, trials, statuses, errors)
         finish_parent(outcome)
+        write_sweep_report(outcome)
     except tracking.unreachable_errors() as error:
         # Nothing is lost: every epoch is in the trials' local results.
         outcome.tracking_error = f"{type(error).__name__}: {str(error)[:300]}"
@@ -425,39 +424,30 @@ def settle_trials(
     return outcomes
 
 
-def leaderboard_csv(outcome: SweepOutcome) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    swept_keys = list(outcome.outcomes[0].trial.swept) if outcome.outcomes else []
-    metric = outcome.spec.metric.name
-    writer.writerow(
-        [
-            "rank",
-            "trial",
-            *swept_keys,
-            f"final_{metric}",
-            f"best_{metric}",
-            "mean_flip_ratio",
-            "epochs",
-            "status",
-            "run_id",
-        ]
-    )
-    for rank, o in enumerate(outcome.leaderboard(), 1):
-        writer.writerow(
-            [
-                rank,
-                o.trial.index,
-                *(o.trial.swept[k] for k in swept_keys),
-                o.final,
-                o.best,
-                o.flip_ratio,
-                o.epochs,
-                o.status,
-                o.run_id,
-            ]
+def write_sweep_report(outcome: SweepOutcome) -> None:
+    """Leaderboard, curves and heatmaps into the parent run (and the results folder).
+
+    A finished sweep stays finished if plotting fails: the report can be made again
+    with ``bopsweep report``.
+    """
+    from bopsweep.sweep.report import write_report
+
+    out_dir = None
+    if "://" not in outcome.storage:
+        out_dir = Path(outcome.storage) / outcome.spec.name / "report"
+    try:
+        write_report(
+            outcome.tracking_uri,
+            outcome.spec.name,
+            out_dir,
+            parent_run_id=outcome.parent_run_id,
         )
-    return buffer.getvalue()
+    except Exception as error:  # the sweep's own results are already safe
+        logging.getLogger("bopsweep").warning(
+            "could not write the report (%s); run `bopsweep report %s` to retry",
+            error,
+            outcome.spec.name,
+        )
 
 
 def finish_parent(outcome: SweepOutcome) -> None:
@@ -482,7 +472,6 @@ def finish_parent(outcome: SweepOutcome) -> None:
             Metric("best_mean_flip_ratio", best.flip_ratio, 0, 0),
         ]
     client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)
-    client.log_text(run_id, leaderboard_csv(outcome), "leaderboard.csv")
     if outcome.interrupted:
         status = "KILLED"
     elif outcome.failed:

@@ -56,7 +56,10 @@ def test_quickstart_against_mlflow_server(mlflow_server, workdir):
     assert parent.data.params["train.model"] == "mlp"
     assert "best_val_accuracy" in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"spec", "leaderboard.csv"} <= artifacts
+    assert "spec" in artifacts and "report" in artifacts
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/leaderboard.csv" in report
+    assert (workdir / "bopsweep_results" / "quickstart" / "report" / "leaderboard.md").is_file()
 
     assert len(children) == 4
     swept = set()
