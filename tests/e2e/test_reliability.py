@@ -170,6 +170,10 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(mlflow_server, 
         for r in runs
         if r.info.status == "FINISHED"
     }
+    changed = bopsweep("run", *args, "--set", "train.seed=7", cwd=workdir)
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    assert "the spec changed since sweep 'quickstart' was started" in changed.stderr
+    assert "--restart" in changed.stderr
     resumed = bopsweep("run", *args, cwd=workdir)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     parents, children = sweep_runs(client, experiment)
