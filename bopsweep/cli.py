@@ -421,8 +421,6 @@ def ui(
     ] = None,
 ) -> None:
     """Start the MLflow UI on the local store and print its URL."""
-    import subprocess
-
     from bopsweep.sweep.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, None)
@@ -442,10 +440,9 @@ def ui(
         str(port),
     ]
     console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)", highlight=False)
-    try:
-        raise typer.Exit(subprocess.call(command))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    sys.stderr.flush()
+    # Become the server, so that stopping `bopsweep ui` stops it and leaves no orphan.
+    os.execv(sys.executable, command)
 
 
 @app.command(no_args_is_help=True)
