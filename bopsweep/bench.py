@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 from torch.utils import benchmark
+from torch.utils.benchmark.utils.common import TaskSpec
 
 # Larq 0.14 + TensorFlow 2.21 (Bop + Adam through Larq's CaseOptimizer) training the
 # same BinaryNet at batch 100 on CIFAR-shaped data, 2 threads on a 2-core AMD EPYC.
@@ -83,9 +84,9 @@ class Plan:
 
 FULL = Plan(
     quick=False,
-    rounds=7,
+    rounds=9,
     bop_steps_per_round=3,
-    train_rounds=7,
+    train_rounds=9,
     train_warmup=2,
     data_images=10_000,
     data_rounds=5,
@@ -97,12 +98,12 @@ FULL = Plan(
 )
 QUICK = Plan(
     quick=True,
-    rounds=3,
-    bop_steps_per_round=1,
-    train_rounds=2,
+    rounds=5,
+    bop_steps_per_round=2,
+    train_rounds=3,
     train_warmup=1,
     data_images=2_000,
-    data_rounds=2,
+    data_rounds=3,
     sweep_trials=2,
     sweep_epochs=2,
     log_epochs=6,
@@ -120,14 +121,15 @@ def _timing(measurement: benchmark.Measurement) -> dict[str, float]:
     }
 
 
-def _samples(values: list[float]) -> dict[str, float]:
-    """Median and IQR of plain wall-clock samples (for what Timer cannot repeat)."""
-    ordered = sorted(values)
-    if len(ordered) >= 2:
-        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
-    else:
-        q1 = q3 = ordered[0]
-    return {"median_s": statistics.median(ordered), "iqr_s": q3 - q1, "rounds": len(ordered)}
+def _samples(values: list[float], name: str = "wall clock") -> dict[str, float]:
+    """Median and IQR of per-call times (seconds), one per round."""
+    task = TaskSpec(stmt=name, setup="", num_threads=torch.get_num_threads())
+    return _timing(benchmark.Measurement(number_per_run=1, raw_times=values, task_spec=task))
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def interleaved(
@@ -136,22 +138,25 @@ def interleaved(
     *,
     number: int = 1,
     warmup: int = 1,
+    device: torch.device | None = None,
 ) -> dict[str, dict[str, float]]:
     """Time each candidate ``rounds`` times, one round of each in turn, after
-    ``warmup`` untimed calls; ``number`` calls per round. Timer synchronizes CUDA."""
-    threads = torch.get_num_threads()
-    timers = {
-        name: benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads, description=name)
-        for name, fn in candidates.items()
-    }
+    ``warmup`` untimed calls of each; a round is ``number`` calls. The clock reads
+    after the device has finished. (Timer.timeit would add two warm-up calls to
+    every round, tripling the cost of a training-step round.)"""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
-    runs: dict[str, list[benchmark.Measurement]] = {name: [] for name in candidates}
+    times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
-        for name, timer in timers.items():
-            runs[name].append(timer.timeit(number))
-    return {name: _timing(benchmark.Measurement.merge(ms)[0]) for name, ms in runs.items()}
+        for name, fn in candidates.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) / number)
+    return {name: _samples(values, name) for name, values in times.items()}
 
 
 _COMPARE = {
@@ -269,6 +274,7 @@ def bench_bop_step(device: torch.device, plan: Plan) -> dict[str, Any]:
         },
         plan.rounds,
         number=plan.bop_steps_per_round,
+        device=device,
     )
     bandwidth = 2 * source.numel() * source.element_size() / timings["copy"]["median_s"]
     bound_s = numel * BOP_BYTES_PER_WEIGHT / bandwidth
@@ -345,7 +351,7 @@ def bench_train_step(device: torch.device, plan: Plan) -> dict[str, Any]:
         bnn, fp = _train_trainers(device, precision)
         candidates[f"bnn_{precision}"] = bnn.train_epoch
         candidates[f"fp_{precision}"] = fp.train_epoch
-    timings = interleaved(candidates, plan.train_rounds, warmup=plan.train_warmup)
+    timings = interleaved(candidates, plan.train_rounds, warmup=plan.train_warmup, device=device)
     out: dict[str, Any] = {"batch_size": BATCH_SIZE, **timings}
     for name, timing in timings.items():
         out[f"{name}_images_per_s"] = BATCH_SIZE / timing["median_s"]
@@ -432,13 +438,14 @@ def bench_data_pipeline(device: torch.device, plan: Plan) -> dict[str, Any]:
     def loader_epoch(loader) -> Callable[[], None]:
         def epoch() -> None:
             for x, y in loader:
-                x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x.to(device, non_blocking=True)
+                y.to(device, non_blocking=True)
 
         return epoch
 
     candidates = {"device_batches": device_epoch}
     candidates.update({name: loader_epoch(loader) for name, loader in loaders.items()})
-    timings = interleaved(candidates, plan.data_rounds)
+    timings = interleaved(candidates, plan.data_rounds, device=device)
     out: dict[str, Any] = {"images": plan.data_images, "loader_workers": workers, **timings}
     for name, timing in timings.items():
         out[f"{name}_images_per_s"] = plan.data_images / timing["median_s"]
