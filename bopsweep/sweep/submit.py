@@ -19,6 +19,7 @@ from bopsweep.errors import UserError
 
 CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 # Large or private things that must not be uploaded with the working directory.
+AGENT_WAIT_S = 120
 UPLOAD_EXCLUDES = [".venv/", ".git/", "bopsweep_results/", "mlflow.db", "mlruns/", "data/"]
 
 
@@ -57,15 +58,27 @@ def submit_sweep(
         client = JobSubmissionClient(address)
     except Exception as error:  # Ray raises ConnectionError or RuntimeError here
         raise UserError(f"cannot reach the Ray job server at {address}: {error}") from None
-    submission_id = client.submit_job(
-        entrypoint=shlex.join(command),
-        runtime_env={
-            "working_dir": str(working_dir),
-            "excludes": UPLOAD_EXCLUDES,
-            "env_vars": env_vars,
-        },
-        metadata={"bopsweep.spec": relative_spec.as_posix()},
-    )
+    runtime_env = {
+        "working_dir": str(working_dir),
+        "excludes": UPLOAD_EXCLUDES,
+        "env_vars": env_vars,
+    }
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            submission_id = client.submit_job(
+                entrypoint=shlex.join(command),
+                runtime_env=runtime_env,
+                metadata={"bopsweep.spec": relative_spec.as_posix()},
+            )
+            break
+        except RuntimeError as error:
+            # A head node that has just started answers before its job agent is up.
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise UserError(
+                    f"the Ray job server at {address} refused the job: {error}"
+                ) from None
+            time.sleep(2)
     echo(f"submitted {submission_id} to {address}: {shlex.join(command)}")
     if not wait:
         return submission_id, "PENDING"

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,20 @@ def _trainable(spec: SweepSpec):
     return tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def _param_space(trials: list[Trial], sweep_cfg: dict) -> dict:
+def _param_space(trial_configs: list[dict[str, Any]], sweep_cfg: dict) -> dict:
     from ray import tune
 
-    return {"trial": tune.grid_search(_trial_configs(trials)), "sweep": sweep_cfg}
+    return {"trial": tune.grid_search(trial_configs), "sweep": sweep_cfg}
 
 
-def _build_tuner(spec: SweepSpec, trials: list[Trial], sweep_cfg: dict, storage: str, callbacks):
+def _build_tuner(
+    spec: SweepSpec,
+    trials: list[Trial],
+    trial_configs: list[dict[str, Any]],
+    sweep_cfg: dict,
+    storage: str,
+    callbacks,
+):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -184,7 +192,7 @@ def _build_tuner(spec: SweepSpec, trials: list[Trial], sweep_cfg: dict, storage:
         )
     return tune.Tuner(
         _trainable(spec),
-        param_space=_param_space(trials, sweep_cfg),
+        param_space=_param_space(trial_configs, sweep_cfg),
         tune_config=tune.TuneConfig(
             metric=spec.metric.name,
             mode=spec.metric.mode,
@@ -278,6 +286,13 @@ def run_sweep(
     if restart and "://" not in storage and Path(experiment_path).exists():
         shutil.rmtree(experiment_path)
 
+    # Paths are resolved before Ray starts: as a Ray Job's driver this process may
+    # find its working directory unpacked anew (and its old one gone) once connected.
+    trial_configs = _trial_configs(trials)
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # Ray may delete and unpack the job's working directory again while the
+        # driver runs in it; the driver needs nothing more from it.
+        os.chdir(tempfile.mkdtemp(prefix="bopsweep-driver-"))
     _init_ray(address)
     _check_cluster(spec, uri, storage)
 
@@ -332,11 +347,13 @@ def run_sweep(
             experiment_path,
             _trainable(spec),
             resume_unfinished=True,
-            param_space=_param_space(trials, sweep_cfg),
+            param_space=_param_space(trial_configs, sweep_cfg),
         )
         progress.ACTIVE_TABLE.sync(tune.ExperimentAnalysis(experiment_path).trials)
     else:
-        tuner = _build_tuner(spec, trials, sweep_cfg, storage, [LiveTable(spec, trials)])
+        tuner = _build_tuner(
+            spec, trials, trial_configs, sweep_cfg, storage, [LiveTable(spec, trials)]
+        )
     results = tuner.fit()
     statuses = {
         t.config["trial"]["index"]: t.status

@@ -146,7 +146,7 @@ def test_local_tracking_store_is_refused_on_a_multi_node_cluster(ray_cluster, wo
     assert "workers on other nodes cannot reach" in result.stderr, result.stderr
 
 
-def test_bopsweep_submit_runs_the_sweep_as_a_ray_job(ray_cluster, mlflow_server):
+def test_bopsweep_submit_runs_the_sweep_as_a_ray_job(ray_cluster, mlflow_server, tmp_path):
     result = bopsweep(
         "submit",
         "sweeps/quickstart.yaml",
@@ -158,7 +158,7 @@ def test_bopsweep_submit_runs_the_sweep_as_a_ray_job(ray_cluster, mlflow_server)
         "--tracking-uri",
         mlflow_server.uri,
         "--storage",
-        str(REPO / ".pytest_cache" / "submit_results"),
+        str(tmp_path / "results"),  # the cluster's shared storage
         cwd=REPO,
         env=RAY_AUTH,
     )
@@ -172,7 +172,7 @@ def test_bopsweep_submit_runs_the_sweep_as_a_ray_job(ray_cluster, mlflow_server)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
 
-def test_ray_job_submit_path(ray_cluster, mlflow_server):
+def test_ray_job_submit_path(ray_cluster, mlflow_server, tmp_path):
     env = _ray_env()
     result = subprocess.run(
         [
@@ -196,7 +196,7 @@ def test_ray_job_submit_path(ray_cluster, mlflow_server):
             "--address",
             "auto",
             "--storage",
-            str(REPO / ".pytest_cache" / "ray_job_results"),
+            str(tmp_path / "results"),
         ],
         cwd=REPO,
         env=env,
