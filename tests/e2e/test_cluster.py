@@ -54,6 +54,7 @@ def ray_cluster(tmp_path_factory):
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
             *common,
+            *_agent_ports(),
         ],
         env=env,
         stdout=(logs / "head.log").open("w"),
@@ -70,7 +71,7 @@ def ray_cluster(tmp_path_factory):
             accept=(200, 401),
         )
         worker = subprocess.Popen(
-            [ray, "start", f"--address=127.0.0.1:{port}", *common],
+            [ray, "start", f"--address=127.0.0.1:{port}", *common, *_agent_ports()],
             env=env,
             stdout=(logs / "worker.log").open("w"),
             stderr=subprocess.STDOUT,
@@ -86,6 +87,18 @@ def ray_cluster(tmp_path_factory):
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
+
+
+def _agent_ports() -> list[str]:
+    """Ports of one node's agents. Two nodes on one machine would otherwise race for
+    Ray's fixed defaults (52365 and friends); the loser's job agent never serves, and
+    job submission then fails with 'No available agent'."""
+    return [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+    ]
 
 
 def _wait_for_nodes(address: str, count: int, env: dict) -> None:
@@ -146,11 +159,6 @@ def test_local_tracking_store_is_refused_on_a_multi_node_cluster(ray_cluster, wo
     assert "workers on other nodes cannot reach" in result.stderr, result.stderr
 
 
-@pytest.mark.skip(
-    reason="known failure: on a freshly installed environment the head's job agent never "
-    "becomes available ('No available agent to submit job'); job submission is not "
-    "verified until this is understood"
-)
 def test_bopsweep_submit_runs_the_sweep_as_a_ray_job(ray_cluster, mlflow_server, tmp_path):
     result = bopsweep(
         "submit",
@@ -177,11 +185,6 @@ def test_bopsweep_submit_runs_the_sweep_as_a_ray_job(ray_cluster, mlflow_server,
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
 
-@pytest.mark.skip(
-    reason="known failure: on a freshly installed environment the head's job agent never "
-    "becomes available ('No available agent to submit job'); job submission is not "
-    "verified until this is understood"
-)
 def test_ray_job_submit_path(ray_cluster, mlflow_server, tmp_path):
     env = _ray_env()
     result = subprocess.run(
