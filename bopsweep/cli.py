@@ -498,6 +498,13 @@ def bench(
         Path | None,
         typer.Option(help="Where to write the JSON (default: bench_results/bench-<device>.json)."),
     ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Run only this section (repeatable): bop_step, train_step, data_pipeline, "
+            "logging, sweep_overhead, memory."
+        ),
+    ] = None,
 ) -> None:
     """Measure Bop, training, data, sweep, logging and memory against their targets.
 
@@ -511,6 +518,7 @@ def bench(
     results = run_bench(
         device,
         quick=quick,
+        only=tuple(only or ()),
         progress=lambda message: console.print(f"bench: {message}", highlight=False),
     )
     path = output or Path("bench_results") / f"bench-{device}.json"

@@ -58,7 +58,15 @@ NUMERIC = {
         "startup_s",
         "peak_rss_total_mb",
     ],
-    "logging": ["log_epoch.median_s", "epoch.median_s", "log_vs_epoch"],
+    "logging": [
+        "log_epoch.median_s",
+        "epoch.median_s",
+        "epoch_with_logging.median_s",
+        "sender_wall_per_epoch_s",
+        "sender_cpu_per_epoch_s",
+        "log_vs_epoch",
+        "epoch_with_vs_without_logging",
+    ],
     "memory": [
         "train_fp32.peak_rss_mb",
         "train_fp32.training_mb",
@@ -147,4 +155,31 @@ def test_the_table_is_printed(quick_bench):
     result, _ = quick_bench
     for name in SECTIONS:
         assert name in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_only_runs_the_sections_asked_for(tmp_path):
+    output = tmp_path / "bench.json"
+    result = subprocess.run(
+        [_bopsweep(), "bench", "--quick", "--only", "bop_step", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert set(json.loads(output.read_text())["sections"]) == {"bop_step"}
+
+
+def test_an_unknown_section_is_a_user_error(tmp_path):
+    result = subprocess.run(
+        [_bopsweep(), "bench", "--only", "bop"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "unknown bench section 'bop'" in result.stderr
+    assert "valid sections: bop_step, train_step" in result.stderr
     assert "Traceback" not in result.stderr

@@ -105,7 +105,9 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
             }
             tracker.log_epoch(metrics, step=int(row["epoch"]))
             sent += 1
-        if not tracker.flush(timeout_s=60):
+        drained = tracker.flush(timeout_s=60)
+        tracker.close()
+        if not drained:
             raise UserError(f"the tracking server at {uri} stopped answering during the sync")
         error_file = trial_dir / "error.txt"
         if error_file.is_file():

@@ -6,15 +6,18 @@ that it can be repeated safely:
 
 * a child run is found again by its ``bopsweep.trial_key`` tag (parent run id +
   trial index), so a retried or resumed trial keeps logging into the same run;
-* each epoch is one ``log_batch`` request (never one request per metric), and steps
-  the run already holds are skipped, so no metric step is logged twice.
+* each epoch is one ``log_batch`` request (never one request per metric), sent by a
+  background thread so training never waits on the server, and steps the run
+  already holds are skipped, so no metric step is logged twice.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -166,14 +169,22 @@ def unreachable_errors() -> tuple[type[BaseException], ...]:
 class TrialTracker:
     """The child run of one trial, written from wherever the trial runs.
 
-    Writes are buffered: an epoch's metrics go into a queue that is sent in order,
-    one ``log_batch`` per epoch. When the server is unreachable or erroring, training
-    goes on; the queue is retried with exponential backoff at later epochs and
-    drained at the end (for up to ``drain_timeout_s``). Each metric carries the
-    timestamp of when it was produced, so a batch sent twice (a reply lost after
-    the server stored it) stores identical rows, which MLflow de-duplicates.
-    Whatever never arrives is still in the trial's local results, for
-    ``bopsweep sync``.
+    Writes are asynchronous: :meth:`log_epoch` appends the epoch's metrics to an
+    ordered queue and returns (microseconds), and a sender thread drains the queue,
+    so training never waits for the server. The sender sends at most one
+    ``log_batch`` per ``send_interval_s``, holding every epoch queued since the last
+    one: fast epochs cost the server (often on the same machine) a request a second,
+    not one per epoch, and the UI is at most that far behind. When the
+    server is unreachable or erroring, training goes on; the sender retries with
+    exponential backoff and :meth:`finish` drains what is left (for up to
+    ``drain_timeout_s``). Each metric carries the timestamp of when it was produced,
+    so a batch sent twice (a reply lost after the server stored it) stores identical
+    rows, which MLflow de-duplicates. What a crash leaves unsent is re-logged from
+    the checkpoint's history when the trial resumes, and is in the trial's local
+    results for ``bopsweep sync``.
+
+    Only the sender thread talks to the server once the run exists, except
+    :meth:`finish`, which marks the run after the sender has stopped.
     """
 
     def __init__(
@@ -189,6 +200,7 @@ class TrialTracker:
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
         drain_timeout_s: float = 120.0,
+        send_interval_s: float = 1.0,
     ) -> None:
         self.uri = uri
         self.exp_id = exp_id
@@ -201,7 +213,7 @@ class TrialTracker:
         self.run_id: str | None = None
         self.last_step = -1
         self.resumed = False
-        self.pending: list[tuple[int, list]] = []
+        self.pending: deque[tuple[int, list]] = deque()
         self.pending_tags: dict[str, str] = {}
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -209,7 +221,23 @@ class TrialTracker:
         self._delay = backoff_s
         self._next_try = 0.0
         self.failures = 0
+        # What the sender spent: wall seconds in requests, and its thread's CPU time
+        # (the share of a core that logging takes from the trial).
+        self.send_s = 0.0
+        self.send_cpu_s = 0.0
+        self._state = threading.Condition()
+        self._flushing = 0
+        self._idle = False
+        self.send_interval_s = send_interval_s
+        self._not_before = 0.0
+        self._closed = False
+        # Synchronous once: the run id goes into checkpoints, and a resumed run's
+        # last step decides which epochs are sent again.
         self._try(self._connect)
+        self._sender = threading.Thread(
+            target=self._send_loop, name=f"mlflow-sender-{trial_index}", daemon=True
+        )
+        self._sender.start()
 
     # ------------------------------------------------------------------ plumbing
     def _try(self, action) -> bool:
@@ -253,55 +281,134 @@ class TrialTracker:
         if self.params and not run.data.params:
             log_params(self.uri, run_id, self.params)
         self.run_id = run_id
-        self.pending_tags.update(self.tags)
+        with self._state:
+            self.pending_tags = {**self.tags, **self.pending_tags}
+
+    def _has_work(self) -> bool:
+        return self.run_id is None or bool(self.pending or self.pending_tags)
 
     def _send(self) -> None:
         from mlflow.entities import RunTag
 
         self._connect()
-        if self.pending_tags:
-            tags = [RunTag(k, str(v)[:5000]) for k, v in self.pending_tags.items()]
-            self.client.log_batch(self.run_id, tags=tags, synchronous=True)
-            self.pending_tags.clear()
-        while self.pending:
-            step, batch = self.pending[0]
-            if step > self.last_step:
-                # log_batch takes at most 1000 metrics; an epoch has a few dozen.
-                self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
-                self.last_step = step
-            self.pending.pop(0)
+        with self._state:
+            tags = dict(self.pending_tags)
+        if tags:
+            batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+            self.client.log_batch(self.run_id, tags=batch, synchronous=True)
+            with self._state:
+                for key, value in tags.items():
+                    if self.pending_tags.get(key) == value:
+                        del self.pending_tags[key]
+        while True:
+            with self._state:
+                queued = list(self.pending)
+            if not queued:
+                return
+            # Every queued epoch in one request, up to log_batch's 1000 metrics (an
+            # epoch has a few dozen); steps the run already holds are left out.
+            metrics: list = []
+            last, taken = self.last_step, 0
+            for step, batch in queued:
+                if metrics and len(metrics) + len(batch) > 1000:
+                    break
+                taken += 1
+                if step > last:
+                    metrics.extend(batch)
+                    last = step
+            if metrics:
+                self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+            self.last_step = last
+            with self._state:
+                for _ in range(taken):
+                    self.pending.popleft()
+                self._state.notify_all()
+
+    def _send_loop(self) -> None:
+        with self._state:
+            while True:
+                while not self._closed and not self._has_work():
+                    self._idle = True
+                    self._state.wait()
+                    self._idle = False
+                if self._closed:
+                    return
+                # Between sends, wait out the backoff after a failure, or else the
+                # pacing interval (not when someone is waiting for a flush).
+                ready = max(self._next_try, 0.0 if self._flushing else self._not_before)
+                wait = ready - time.monotonic()
+                if wait > 0:
+                    # A flush in progress retries at least every 5 s.
+                    self._state.wait(min(wait, 5.0) if self._flushing else wait)
+                    if self._flushing:
+                        self._next_try = min(self._next_try, time.monotonic())
+                    continue
+                self._state.release()
+                started, cpu = time.perf_counter(), time.thread_time()
+                try:
+                    self._try(self._send)
+                    self._not_before = time.monotonic() + self.send_interval_s
+                finally:
+                    self.send_s += time.perf_counter() - started
+                    self.send_cpu_s += time.thread_time() - cpu
+                    self._state.acquire()
+                self._state.notify_all()
 
     # ---------------------------------------------------------------------- API
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.pending_tags.update({k: str(v) for k, v in tags.items()})
-        self._try(self._send)
+        with self._state:
+            self.pending_tags.update({k: str(v) for k, v in tags.items()})
+            self._state.notify_all()
 
     def log_epoch(self, metrics: Mapping[str, float], step: int) -> None:
-        """Queue an epoch's metrics (one request) and send what the server can take."""
+        """Queue an epoch's metrics for the sender; returns at once."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.pending.append((step, [Metric(k, float(v), now, step) for k, v in metrics.items()]))
-        self._try(self._send)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        with self._state:
+            self.pending.append((step, batch))
+            # Wake the sender only when it sleeps for want of work: waking it at
+            # every epoch while it waits out its interval takes the GIL from
+            # training for nothing.
+            if self._idle:
+                self._state.notify_all()
 
     def flush(self, timeout_s: float | None = None) -> bool:
-        """Keep retrying until everything is sent or ``timeout_s`` passes."""
+        """Wait until everything queued is sent, or ``timeout_s`` passes; the sender
+        retries at least every 5 s meanwhile. False if something is still unsent."""
         deadline = time.monotonic() + (self.drain_timeout_s if timeout_s is None else timeout_s)
-        while True:
+        with self._state:
+            self._flushing += 1
             self._next_try = min(self._next_try, time.monotonic())
-            if self._try(self._send) and not self.pending:
+            self._state.notify_all()
+            try:
+                while self._has_work():
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._closed:
+                        return False
+                    self._state.wait(left)
                 return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(min(self._delay, max(0.0, deadline - time.monotonic()), 5.0))
+            finally:
+                self._flushing -= 1
+
+    def close(self) -> None:
+        """Stop the sender (after its request in flight, if any); unsent data stays
+        queued and is not sent any more."""
+        with self._state:
+            self._closed = True
+            self._state.notify_all()
+        self._sender.join(timeout=15)
 
     def finish(self, status: str = "FINISHED") -> bool:
         """Send what is queued, then mark the run; False if the server never answered."""
-        if not self.flush():
+        drained = self.flush()
+        self.close()
+        if not drained:
             return False
         deadline = time.monotonic() + self.drain_timeout_s
         while not self._try(lambda: self.client.set_terminated(self.run_id, status)):
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(min(self._delay, 5.0))
+            time.sleep(min(max(self._next_try - time.monotonic(), 0.0), 5.0))
         return True

@@ -57,8 +57,7 @@ class _ReportToTune(Callback):
         self.every = every
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        # MLflow first: a crash between the two re-runs this epoch, and the tracker
-        # skips the step it already holds.
+        # Queued for the tracker's sender thread; the epoch does not wait for it.
         self.tracker.log_epoch(metrics, step=int(metrics["epoch"]))
         last = trainer.epoch >= trainer.hparams.epochs
         if trainer.epoch % self.every and not last:
@@ -101,6 +100,10 @@ def run_trial(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
         trainer.load_state_dict(state)
+        # Epochs a crash left in the tracker's queue are sent again from the
+        # checkpoint's history; the steps the run already holds are skipped.
+        for metrics in trainer.history:
+            tracker.log_epoch(metrics, step=int(metrics["epoch"]))
     fault_epoch = os.environ.get("BOPSWEEP_FAULT_KILL_AT_EPOCH")
     callbacks: list[Callback] = [_ReportToTune(tracker, sweep["checkpoint_every"])]
     if fault_epoch is not None:
@@ -116,8 +119,12 @@ def run_trial(config: dict[str, Any]) -> None:
         tracker.set_tags({"bopsweep.failure": reason})
         tracker.finish("FAILED")
         raise
-    # Ray's own stop (a scheduler's early stop, Ctrl-C) arrives as SystemExit from
-    # tune.report; the driver settles those runs' statuses.
+    except BaseException:
+        # Ray's own stop (a scheduler's early stop, Ctrl-C) arrives as SystemExit
+        # from tune.report: send what is queued; the driver settles the status.
+        tracker.flush(timeout_s=10)
+        tracker.close()
+        raise
     tracker.finish("FINISHED")
 
 

@@ -1,0 +1,85 @@
+"""TrialTracker against a real MLflow store: queued epochs arrive in order, once,
+and an unreachable server never stops training."""
+
+from __future__ import annotations
+
+import pytest
+
+from bopsweep.sweep import tracking
+from tests.e2e.conftest import free_port
+
+
+def _parent(uri: str) -> tuple[str, str]:
+    exp_id = tracking.experiment_id(uri, "tracker-test")
+    _, parent = tracking.start_parent_run(
+        uri, "tracker-test", "sweep", tags={}, params={}, artifacts={}
+    )
+    return exp_id, parent
+
+
+def _epoch(step: int) -> dict[str, float]:
+    return {"epoch": float(step), "val_accuracy": 0.1 * step, "loss": 1.0 / (step + 1)}
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_epochs_arrive_in_order_and_the_run_finishes(store):
+    exp_id, parent = _parent(store)
+    tracker = tracking.TrialTracker(
+        store, exp_id, parent, 0, "t0", tags={"swept.gamma": "0.001"}, params={"lr": 0.1}
+    )
+    for step in range(5):
+        tracker.log_epoch(_epoch(step), step=step)
+    tracker.set_tags({"bopsweep.note": "done"})
+    assert tracker.finish("FINISHED")
+    assert not tracker._sender.is_alive()
+
+    client = tracking.client(store)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.PARENT_TAG] == parent
+    assert run.data.tags["swept.gamma"] == "0.001"
+    assert run.data.tags["bopsweep.note"] == "done"
+    assert run.data.params == {"lr": "0.1"}
+    history = client.get_metric_history(tracker.run_id, "val_accuracy")
+    assert [m.step for m in history] == [0, 1, 2, 3, 4]
+    assert [m.value for m in history] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert tracker.send_s > 0
+
+
+def test_a_resumed_trial_sends_only_the_steps_the_run_lacks(store):
+    exp_id, parent = _parent(store)
+    first = tracking.TrialTracker(store, exp_id, parent, 3, "t3")
+    for step in range(4):
+        first.log_epoch(_epoch(step), step=step)
+    assert first.flush(timeout_s=30)
+    first.close()  # a crash: the run is never marked finished
+
+    again = tracking.TrialTracker(store, exp_id, parent, 3, "t3")
+    assert again.resumed and again.run_id == first.run_id and again.last_step == 3
+    for step in range(2, 7):  # resumed from an earlier checkpoint: 2 and 3 again
+        again.log_epoch(_epoch(step), step=step)
+    assert again.finish("FINISHED")
+    history = tracking.client(store).get_metric_history(again.run_id, "loss")
+    assert [m.step for m in history] == list(range(7))
+    runs = tracking.child_runs(store, exp_id, parent)
+    assert len(runs) == 1
+
+
+def test_an_unreachable_server_queues_instead_of_failing(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    tracker = tracking.TrialTracker(
+        uri, "0", "parent", 0, "t0", backoff_s=0.05, drain_timeout_s=0.5
+    )
+    for step in range(3):
+        tracker.log_epoch(_epoch(step), step=step)
+    assert not tracker.flush(timeout_s=0.5)
+    assert tracker.run_id is None and len(tracker.pending) == 3
+    assert tracker.failures >= 2  # the sender kept retrying in the background
+    assert not tracker.finish("FINISHED")  # gives up after drain_timeout_s
+    assert not tracker._sender.is_alive() and len(tracker.pending) == 3
