@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils import benchmark
 from torch.utils.benchmark.utils.common import TaskSpec
@@ -81,6 +82,7 @@ class Plan:
     log_epochs: int
     log_server: bool  # a real `mlflow server`, or a sqlite URI
     memory_steps: int
+    shared_images_per_batch: int  # CIFAR-10 files of this size for the sharing probe
 
 
 FULL = Plan(
@@ -96,6 +98,7 @@ FULL = Plan(
     log_epochs=20,
     log_server=True,
     memory_steps=4,
+    shared_images_per_batch=10_000,  # the real CIFAR-10: 50,000 + 10,000 images
 )
 QUICK = Plan(
     quick=True,
@@ -110,6 +113,7 @@ QUICK = Plan(
     log_epochs=6,
     log_server=False,
     memory_steps=2,
+    shared_images_per_batch=1_000,
 )
 
 
@@ -757,7 +761,81 @@ def training_memory_probe(device: str, precision: str, steps: int) -> dict[str, 
     return out
 
 
-def bench_memory(device: torch.device, plan: Plan, sweep: dict[str, Any]) -> dict[str, Any]:
+def _private_mb() -> float | None:
+    """This process's private memory (USS: pages no other process maps), in MiB."""
+    try:
+        rollup = Path("/proc/self/smaps_rollup").read_text()
+    except OSError:  # not Linux
+        return None
+    kib = sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Private_"))
+    return kib / 1024
+
+
+def _write_cifar10(root: Path, per_batch: int) -> Path:
+    """Random images in CIFAR-10's python-batches format, ``per_batch`` per file."""
+    from bopsweep.data import CIFAR10_FILES, write_cifar10_batch
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in CIFAR10_FILES:
+        rows = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        write_cifar10_batch(folder / name, rows, rng.integers(0, 10, per_batch), name)
+    return root
+
+
+def dataset_sharing_probe(plan: Plan, workdir: Path) -> dict[str, Any]:
+    """Two concurrent trial processes on one node get CIFAR-10 from the node's shared
+    copy, then two load it themselves: each one's private memory growth."""
+    import ray
+
+    from bopsweep.config import TrainConfig
+    from bopsweep.data import load_dataset
+    from bopsweep.sweep import datacache
+
+    root = _write_cifar10(workdir / "cifar10-full", plan.shared_images_per_batch)
+    config = TrainConfig(model="mlp", dataset="cifar10", data_dir=str(root))
+
+    @ray.remote(num_cpus=1)
+    def trial(shared: bool) -> float | None:
+        before = _private_mb()
+        if shared:
+            data = datacache.shared_dataset("bench", config)
+            assert data is not None, "no shared copy on this node"
+        else:
+            data = load_dataset(config.dataset, config.data_dir)
+        # Read every image, as an epoch does.
+        int(data.train_x.sum()) + int(data.val_x.sum())
+        after = _private_mb()
+        return None if before is None else after - before
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        actors = datacache.start("bench", {"cifar10"})
+        try:
+            shared = ray.get([trial.remote(True) for _ in range(2)])
+        finally:
+            datacache.stop(actors)
+        own = ray.get([trial.remote(False) for _ in range(2)])
+    finally:
+        if started_here:
+            ray.shutdown()
+    images = 6 * plan.shared_images_per_batch
+    return {
+        "images": images,
+        "dataset_mb": images * 3072 / 2**20,
+        "trials": 2,
+        "shared_private_mb_per_trial": shared,
+        "own_copy_private_mb_per_trial": own,
+        "note": "private memory (USS) a trial gains by getting the dataset and reading it",
+    }
+
+
+def bench_memory(
+    device: torch.device, plan: Plan, sweep: dict[str, Any], workdir: Path
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     # --quick: one fresh process (bf16 peaks lower, activations being half the size).
     for precision in ("fp32",) if plan.quick else ("fp32", "bf16"):
@@ -779,6 +857,7 @@ def bench_memory(device: torch.device, plan: Plan, sweep: dict[str, Any]) -> dic
         }
         out["sweep"]["trials"] = sweep["trials"]
         out["sweep"]["note"] = "driver + Ray processes, shared pages counted once per process"
+    out["dataset_sharing"] = dataset_sharing_probe(plan, workdir)
     return out
 
 
@@ -847,7 +926,9 @@ def run_bench(
         "data_pipeline": lambda: bench_data_pipeline(device, plan),
         "logging": lambda: bench_logging(plan, workdir),
         "sweep_overhead": lambda: bench_sweep_overhead(plan, workdir),
-        "memory": lambda: bench_memory(device, plan, results["sections"].get("sweep_overhead", {})),
+        "memory": lambda: bench_memory(
+            device, plan, results["sections"].get("sweep_overhead", {}), workdir
+        ),
     }
     try:
         for name in [name for name in SECTIONS if not only or name in only]:
@@ -992,5 +1073,18 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                         "",
                     )
                 )
+            sharing = section.get("dataset_sharing")
+            if sharing and None not in sharing["shared_private_mb_per_trial"]:
+                for key, label in (("shared", "node's copy"), ("own_copy", "own copy")):
+                    per_trial = sharing[f"{key}_private_mb_per_trial"]
+                    rows.append(
+                        (
+                            name,
+                            f"CIFAR-10 ({sharing['dataset_mb']:.0f} MiB), {label}",
+                            "+" + ", +".join(f"{mb:.0f}" for mb in per_trial) + " MiB per trial",
+                            "",
+                            "",
+                        )
+                    )
         targets(name)
     return rows

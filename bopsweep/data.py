@@ -17,7 +17,9 @@ accepts the few numpy types the format needs, so a hostile file cannot run code.
 
 from __future__ import annotations
 
+import io
 import pickle
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,11 +75,18 @@ class InMemoryDataset:
 
 DatasetLoader = Callable[[Path, bool], "Dataset"]
 DATASETS: dict[str, DatasetLoader] = {}
+# In-memory datasets read from files, big enough that concurrent sweep trials on one
+# node should share one copy (see bopsweep.sweep.datacache) rather than load their own.
+SHAREABLE_DATASETS: set[str] = set()
 
 
-def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
+def register_dataset(
+    name: str, *, shareable: bool = False
+) -> Callable[[DatasetLoader], DatasetLoader]:
     def decorator(loader: DatasetLoader) -> DatasetLoader:
         DATASETS[name] = loader
+        if shareable:
+            SHAREABLE_DATASETS.add(name)
         return loader
 
     return decorator
@@ -120,7 +129,44 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
-@register_dataset("cifar10")
+# Writing the format too: benchmarks and tests need real CIFAR-10 files to read, and
+# the dataset itself cannot always be fetched.
+class _Python2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 ``str`` opcodes, as the cPickle that wrote the
+    CIFAR-10 batches did (Python 3 would route them through ``_codecs.encode``)."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def write_cifar10_batch(path: Path, rows: np.ndarray, labels: np.ndarray, name: str) -> None:
+    """One batch file as the CIFAR-10 python version stores it: a protocol-2 pickle
+    of a dict with Python 2 string keys, uint8 ``data`` (N, 3072) and a ``labels`` list."""
+    batch = {
+        b"batch_label": name.encode(),
+        b"labels": [int(label) for label in labels],
+        b"data": rows,
+        b"filenames": [f"{name}_{i}.png".encode() for i in range(len(labels))],
+    }
+    buffer = io.BytesIO()
+    _Python2Pickler(buffer, protocol=2).dump(batch)
+    # The real files name numpy's module as the numpy of their time did.
+    path.write_bytes(
+        buffer.getvalue().replace(
+            b"cnumpy._core.multiarray\n_reconstruct\n", b"cnumpy.core.multiarray\n_reconstruct\n"
+        )
+    )
+
+
+@register_dataset("cifar10", shareable=True)
 def cifar10(data_dir: Path, download: bool) -> InMemoryDataset:
     """CIFAR-10 in its python-batches format under ``<data_dir>/cifar-10-batches-py``."""
     folder = data_dir / "cifar-10-batches-py"
@@ -157,7 +203,7 @@ MNIST_FILES = {
 }
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", shareable=True)
 def mnist(data_dir: Path, download: bool) -> InMemoryDataset:
     """MNIST from the raw idx files under ``<data_dir>/MNIST/raw`` (torchvision's layout)."""
     from torchvision.datasets import mnist as tv_mnist

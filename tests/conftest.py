@@ -4,9 +4,6 @@ optimizer variant."""
 
 from __future__ import annotations
 
-import io
-import pickle
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +14,7 @@ import torch
 
 from bopsweep.bnn.layers import binary_parameters
 from bopsweep.config import make_train_config
-from bopsweep.data import CIFAR10_FILES, make_synthetic
+from bopsweep.data import CIFAR10_FILES, make_synthetic, write_cifar10_batch
 from bopsweep.train import Callback, Trainer, train
 
 
@@ -31,41 +28,6 @@ class TinyCifar10:
     train_labels: np.ndarray
     test_rows: np.ndarray
     test_labels: np.ndarray
-
-
-class _Python2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 ``str`` opcodes, as the cPickle that wrote the
-    CIFAR-10 batches did (Python 3 would route them through ``_codecs.encode``)."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-def write_cifar10_batch(path: Path, rows: np.ndarray, labels: np.ndarray, name: str) -> None:
-    """One batch file as the CIFAR-10 python version stores it: a protocol-2 pickle
-    of a dict with Python 2 string keys, uint8 ``data`` (N, 3072) and a ``labels`` list."""
-    batch = {
-        b"batch_label": name.encode(),
-        b"labels": [int(label) for label in labels],
-        b"data": rows,
-        b"filenames": [f"{name}_{i}.png".encode() for i in range(len(labels))],
-    }
-    buffer = io.BytesIO()
-    _Python2Pickler(buffer, protocol=2).dump(batch)
-    # The real files name numpy's module as the numpy of their time did.
-    path.write_bytes(
-        buffer.getvalue().replace(
-            b"cnumpy._core.multiarray\n_reconstruct\n", b"cnumpy.core.multiarray\n_reconstruct\n"
-        )
-    )
 
 
 def make_tiny_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, seed: int = 0):

@@ -71,6 +71,9 @@ NUMERIC = {
         "train_fp32.peak_rss_mb",
         "train_fp32.training_mb",
         "sweep.peak_rss_total_mb",
+        "dataset_sharing.dataset_mb",
+        "dataset_sharing.shared_private_mb_per_trial.0",
+        "dataset_sharing.own_copy_private_mb_per_trial.1",
     ],
 }
 
@@ -88,7 +91,7 @@ def _bopsweep() -> str:
 def _get(section: dict, path: str):
     value = section
     for part in path.split("."):
-        value = value[part]
+        value = value[int(part)] if isinstance(value, list) else value[part]
     return value
 
 

@@ -6,7 +6,8 @@ CPU share, so concurrent trials on one node do not oversubscribe the cores. It
 reports every epoch with ``tune.report``, attaching a checkpoint (model, optimizer
 with Bop's state and schedules, RNG states, epoch, MLflow run id) every
 ``checkpoint.every`` epochs; a retried trial resumes from there and keeps logging
-into the same MLflow child run.
+into the same MLflow child run. File-backed datasets come from the node's shared
+copy in Ray's object store when the driver set one up (``datacache``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ray import tune
 
 from bopsweep.config import TrainConfig
 from bopsweep.errors import TrainingDiverged
+from bopsweep.sweep import datacache
 from bopsweep.sweep.tracking import TrialTracker, flatten
 from bopsweep.train import Callback, Trainer
 
@@ -83,7 +85,8 @@ def run_trial(config: dict[str, Any]) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
     train_config = TrainConfig.model_validate(trial["train"])
-    trainer = Trainer(train_config)
+    data = datacache.shared_dataset(sweep["parent_run_id"], train_config)
+    trainer = Trainer(train_config, data)
     resolved = {**train_config.model_dump(), "hparams": trainer.hparams.model_dump()}
     tracker = TrialTracker(
         sweep["tracking_uri"],
@@ -91,7 +94,11 @@ def run_trial(config: dict[str, Any]) -> None:
         sweep["parent_run_id"],
         trial["index"],
         trial["name"],
-        tags={**{f"swept.{k}": str(v) for k, v in trial["swept"].items()}, **_placement_tags()},
+        tags={
+            **{f"swept.{k}": str(v) for k, v in trial["swept"].items()},
+            **_placement_tags(),
+            "bopsweep.dataset_copy": "node (Ray object store)" if data else "trial",
+        },
         params=flatten(resolved),
         drain_timeout_s=float(sweep.get("drain_timeout_s", 120.0)),
     )

@@ -257,7 +257,7 @@ def run_sweep(
     """Run (or resume) a sweep to the end; see the module docstring."""
     from ray import tune
 
-    from bopsweep.sweep import progress
+    from bopsweep.sweep import datacache, progress
     from bopsweep.sweep.progress import LiveTable
 
     spec = loaded.spec
@@ -354,7 +354,12 @@ def run_sweep(
         tuner = _build_tuner(
             spec, trials, trial_configs, sweep_cfg, storage, [LiveTable(spec, trials)]
         )
-    results = tuner.fit()
+    # One copy of a file-backed dataset per node, shared by its trials.
+    caches = datacache.start(parent_id, {t.train.dataset for t in trials})
+    try:
+        results = tuner.fit()
+    finally:
+        datacache.stop(caches)
     statuses = {
         t.config["trial"]["index"]: t.status
         for t in tune.ExperimentAnalysis(experiment_path).trials

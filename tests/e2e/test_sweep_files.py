@@ -1,8 +1,9 @@
 """Every shipped sweep runs end to end in a smoke form: each trial of its real grid,
 one epoch on small data, through Ray Tune into an MLflow store.
 
-CIFAR-10 sweeps run on the ``synthetic`` dataset (CIFAR-shaped), ImageNet sweeps on
-a tiny ImageNet folder of generated JPEGs; digits is bundled.
+CIFAR-10 sweeps run on a tiny CIFAR-10 folder of generated python batches (read
+once per node and shared by the trials), ImageNet sweeps on a tiny ImageNet folder
+of generated JPEGs; digits is bundled.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from PIL import Image
 
 from bopsweep.sweep.spec import load_spec
 from bopsweep.sweep.tuner import run_sweep
+from tests.conftest import make_tiny_cifar10
 from tests.e2e.conftest import REPO
 
 pytestmark = pytest.mark.e2e
@@ -40,8 +42,10 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def tiny_imagenet(tmp_path_factory) -> Path:
+def tiny_data(tmp_path_factory) -> Path:
+    """A data folder with a tiny CIFAR-10 (8 images per batch) and ImageNet."""
     root = tmp_path_factory.mktemp("data")
+    make_tiny_cifar10(root, per_batch=8, n_test=10)
     rng = np.random.default_rng(0)
     for split, count in (("train", 3), ("val", 2)):
         for wnid in ("n01440764", "n01443537"):
@@ -58,13 +62,13 @@ def smoke_overrides(path: Path, data_dir: Path) -> list[str]:
     if dataset == "imagenet2012":
         return [f"train.data_dir={data_dir}", "train.hparams.batch_size=2"]
     if dataset == "cifar10":
-        return ["train.dataset=synthetic", "train.max_train_samples=40", "train.max_val_samples=20"]
+        return [f"train.data_dir={data_dir}"]
     return ["train.max_train_samples=128"]
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
-def test_sweep_file_runs_end_to_end(path, local_ray, tiny_imagenet, tmp_path):
-    overrides = [*COMMON, *smoke_overrides(path, tiny_imagenet)]
+def test_sweep_file_runs_end_to_end(path, local_ray, tiny_data, tmp_path):
+    overrides = [*COMMON, *smoke_overrides(path, tiny_data)]
     loaded = load_spec(path, overrides)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     outcome = run_sweep(loaded, tracking_uri=uri, storage=str(tmp_path / "results"))
@@ -78,3 +82,6 @@ def test_sweep_file_runs_end_to_end(path, local_ray, tiny_imagenet, tmp_path):
     assert len(children) == len(outcome.outcomes) >= 1
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [0]
+        # CIFAR-10 is read once on the node and shared; the others are each trial's own.
+        copy = "node" if loaded.spec.train.dataset == "cifar10" else "trial"
+        assert child.data.tags["bopsweep.dataset_copy"].startswith(copy)
