@@ -129,6 +129,19 @@ def bopsweep(*args: str, cwd: Path, env: dict | None = None, timeout: float = 60
     )
 
 
+def grid(thresholds: str, gammas: str, epochs: int, *extra: str) -> list[str]:
+    """``--set`` options for a threshold x gamma grid of the quickstart sweep."""
+    return [
+        "--set",
+        f"parameters.hparams.threshold.values={thresholds}",
+        "--set",
+        f"parameters.hparams.gamma.values={gammas}",
+        "--set",
+        f"train.epochs={epochs}",
+        *extra,
+    ]
+
+
 def sweep_file(name: str) -> str:
     return str(REPO / "sweeps" / name)
 

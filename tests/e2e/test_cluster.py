@@ -10,18 +10,11 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.conftest import BIN, REPO, bopsweep, free_port, sweep_file, wait_http
+from tests.e2e.conftest import BIN, REPO, bopsweep, free_port, grid, sweep_file, wait_http
 
 pytestmark = pytest.mark.e2e
 
-ONE_TRIAL = [
-    "--set",
-    "parameters.hparams.threshold.values=[1e-6]",
-    "--set",
-    "parameters.hparams.gamma.values=[1e-3]",
-    "--set",
-    "train.epochs=1",
-]
+ONE_TRIAL = grid("[1e-6]", "[1e-3]", 1)
 
 
 # The cluster runs with Ray's token authentication, as a shared cluster should; every
@@ -117,12 +110,7 @@ def test_sweep_runs_on_both_nodes(ray_cluster, mlflow_server, workdir):
     result = bopsweep(
         "run",
         sweep_file("quickstart.yaml"),
-        "--set",
-        "parameters.hparams.threshold.values=[0,1e-6]",
-        "--set",
-        "parameters.hparams.gamma.values=[1e-3,1e-4]",
-        "--set",
-        "train.epochs=2",
+        *grid("[0,1e-6]", "[1e-3,1e-4]", 2),
         "--set",
         "tracking.experiment=e2e-cluster",
         "--address",

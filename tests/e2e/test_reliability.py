@@ -17,21 +17,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.conftest import BIN, bopsweep, start_mlflow_server, sweep_file
+from tests.e2e.conftest import BIN, bopsweep, grid, start_mlflow_server, sweep_file
 
 pytestmark = pytest.mark.e2e
-
-
-def grid(thresholds: str, gammas: str, epochs: int, *extra: str) -> list[str]:
-    return [
-        "--set",
-        f"parameters.hparams.threshold.values={thresholds}",
-        "--set",
-        f"parameters.hparams.gamma.values={gammas}",
-        "--set",
-        f"train.epochs={epochs}",
-        *extra,
-    ]
 
 
 def sweep_runs(client: MlflowClient, experiment: str):
@@ -212,23 +200,30 @@ def test_ctrl_c_marks_runs_killed_and_says_how_to_resume(mlflow_server, workdir)
     assert children and all(c.info.status == "KILLED" for c in children)
 
 
+def _two_trials_logging_to(server, experiment: str, workdir: Path, env=None):
+    """Start a 2-trial, 40-epoch quickstart sweep; return once it has logged."""
+    driver = start_run(
+        [
+            sweep_file("quickstart.yaml"),
+            *grid("[1e-6]", "[1e-3,1e-4]", 40),
+            "--set",
+            f"tracking.experiment={experiment}",
+            "--tracking-uri",
+            server.uri,
+        ],
+        workdir,
+        env=env,
+    )
+    wait_for(lambda: epochs_logged(MlflowClient(server.uri), experiment) >= 2)
+    return driver
+
+
 def test_tracking_outage_loses_nothing(workdir, tmp_path):
     server = start_mlflow_server(tmp_path / "flaky")
     experiment = "e2e-outage"
     client = MlflowClient(server.uri)
     try:
-        driver = start_run(
-            [
-                sweep_file("quickstart.yaml"),
-                *grid("[1e-6]", "[1e-3,1e-4]", 40),
-                "--set",
-                f"tracking.experiment={experiment}",
-                "--tracking-uri",
-                server.uri,
-            ],
-            workdir,
-        )
-        wait_for(lambda: epochs_logged(client, experiment) >= 2)
+        driver = _two_trials_logging_to(server, experiment, workdir)
         server.stop()
         time.sleep(8)  # several epochs go by with nowhere to log them
         server.start()
@@ -248,19 +243,9 @@ def test_server_that_never_returns_is_filled_by_sync(workdir, tmp_path):
     experiment = "e2e-sync"
     client = MlflowClient(server.uri)
     try:
-        driver = start_run(
-            [
-                sweep_file("quickstart.yaml"),
-                *grid("[1e-6]", "[1e-3,1e-4]", 40),
-                "--set",
-                f"tracking.experiment={experiment}",
-                "--tracking-uri",
-                server.uri,
-            ],
-            workdir,
-            env={"BOPSWEEP_TRACKING_DRAIN_S": "3"},
+        driver = _two_trials_logging_to(
+            server, experiment, workdir, env={"BOPSWEEP_TRACKING_DRAIN_S": "3"}
         )
-        wait_for(lambda: epochs_logged(client, experiment) >= 2)
         server.stop()
         output, _ = driver.communicate(timeout=400)
         assert driver.returncode == 1, output[-3000:]

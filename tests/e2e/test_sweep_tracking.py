@@ -7,20 +7,11 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.conftest import bopsweep, free_port, sweep_file, wait_http
+from tests.e2e.conftest import bopsweep, free_port, grid, sweep_file, wait_http
 
 pytestmark = pytest.mark.e2e
 
-FOUR_TRIALS = [
-    "--set",
-    "parameters.hparams.threshold.values=[0,1e-6]",
-    "--set",
-    "parameters.hparams.gamma.values=[1e-3,1e-4]",
-    "--set",
-    "train.epochs=2",
-    "--set",
-    "resources.cpu=1",
-]
+FOUR_TRIALS = grid("[0,1e-6]", "[1e-3,1e-4]", 2, "--set", "resources.cpu=1")
 
 
 def _sweep_runs(client: MlflowClient, experiment: str):
