@@ -299,9 +299,10 @@ def _print_outcome(outcome, spec: Path, overrides: list[str]) -> None:
     out.print(table)
     if outcome.tracking_error:
         out.print(
-            f"[red]the tracking server at {outcome.tracking_uri} is unreachable[/] "
+            f"[red]not every epoch reached the tracking server at {outcome.tracking_uri}[/] "
             f"({outcome.tracking_error}); every epoch is in the local results: run "
-            f"`bopsweep sync {outcome.spec.name} --storage {outcome.storage}` when it is back",
+            f"`bopsweep sync {outcome.spec.name} --storage {outcome.storage}` once it is "
+            "reachable",
             highlight=False,
         )
     url = outcome.experiment_url()

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from bopsweep.errors import UserError
+from bopsweep.sweep.tracking import credential_env
 
-CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-# Large or private things that must not be uploaded with the working directory.
 AGENT_WAIT_S = 120
+# Large or private things that must not be uploaded with the working directory.
 UPLOAD_EXCLUDES = [".venv/", ".git/", "bopsweep_results/", "mlflow.db", "mlruns/", "data/"]
 
 
@@ -50,7 +50,7 @@ def submit_sweep(
         command += ["--set", override]
     if storage:
         command += ["--storage", storage]
-    env_vars = {k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)}
+    env_vars = credential_env()
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         env_vars["MLFLOW_TRACKING_URI"] = uri

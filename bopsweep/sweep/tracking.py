@@ -31,6 +31,25 @@ ROLE_TAG = "bopsweep.role"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
+# MLflow reads credentials from these; they travel to Ray workers only as runtime
+# environment variables, never in configs, params or command lines.
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def credential_env() -> dict[str, str]:
+    """The MLflow credentials this process uses, as environment variables: from the
+    environment, or else from MLflow's credentials file (``~/.mlflow/credentials``),
+    which other machines of a cluster do not have."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    env = {k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)}
+    creds = read_mlflow_creds()
+    if creds.username and creds.password and "MLFLOW_TRACKING_TOKEN" not in env:
+        env["MLFLOW_TRACKING_USERNAME"] = creds.username
+        env["MLFLOW_TRACKING_PASSWORD"] = creds.password
+    return env
+
+
 def default_tracking_uri() -> str:
     """MLflow's own default, made absolute: Ray workers run in other directories."""
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -58,6 +77,12 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def is_auth_error(error: BaseException) -> bool:
+    """The server refused the credentials (or their absence): retrying cannot help."""
+    text = str(error)
+    return "401" in text or "403" in text or "nauthorized" in text or "ermission" in text
+
+
 def check_connection(uri: str) -> None:
     """Fail at start, with a clear message, when the server is unreachable or the
     credentials are wrong; not in the middle of a sweep."""
@@ -67,7 +92,7 @@ def check_connection(uri: str) -> None:
         client(uri).search_experiments(max_results=1)
     except MlflowException as error:
         text = str(error)
-        if "401" in text or "403" in text or "nauthorized" in text or "ermission" in text:
+        if is_auth_error(error):
             raise UserError(
                 f"MLflow at {uri} refused the credentials: set MLFLOW_TRACKING_USERNAME and "
                 "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
@@ -221,6 +246,7 @@ class TrialTracker:
         self._delay = backoff_s
         self._next_try = 0.0
         self.failures = 0
+        self.refused: str | None = None
         # What the sender spent: wall seconds in requests, and its thread's CPU time
         # (the share of a core that logging takes from the trial).
         self.send_s = 0.0
@@ -246,8 +272,12 @@ class TrialTracker:
             return False
         try:
             action()
-        except unreachable_errors():
+        except unreachable_errors() as error:
             self.failures += 1
+            if is_auth_error(error):
+                # Credentials missing or refused where this trial runs: no retry
+                # will succeed; the epochs stay in the local results for sync.
+                self.refused = f"{type(error).__name__}: {str(error)[:300]}"
             self._next_try = time.monotonic() + self._delay
             self._delay = min(self._delay * 2, self.max_backoff_s)
             return False
@@ -331,7 +361,8 @@ class TrialTracker:
                     self._idle = True
                     self._state.wait()
                     self._idle = False
-                if self._closed:
+                if self._closed or self.refused:
+                    self._state.notify_all()
                     return
                 # Between sends, wait out the backoff after a failure, or else the
                 # pacing interval (not when someone is waiting for a flush).
@@ -385,7 +416,7 @@ class TrialTracker:
             try:
                 while self._has_work():
                     left = deadline - time.monotonic()
-                    if left <= 0 or self._closed:
+                    if left <= 0 or self._closed or self.refused:
                         return False
                     self._state.wait(left)
                 return True
@@ -404,7 +435,7 @@ class TrialTracker:
         """Send what is queued, then mark the run; False if the server never answered."""
         drained = self.flush()
         self.close()
-        if not drained:
+        if not drained or self.refused:
             return False
         deadline = time.monotonic() + self.drain_timeout_s
         while not self._try(lambda: self.client.set_terminated(self.run_id, status)):

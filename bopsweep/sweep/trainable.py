@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,13 @@ def run_trial(config: dict[str, Any]) -> None:
         tracker.flush(timeout_s=10)
         tracker.close()
         raise
-    tracker.finish("FINISHED")
+    if not tracker.finish("FINISHED"):
+        # Shown in the trial's log; the driver reports the missing epochs.
+        print(
+            f"bopsweep: trial {trial['index']} could not log every epoch to "
+            f"{sweep['tracking_uri']}: {tracker.refused or 'the server did not answer'}",
+            file=sys.stderr,
+        )
 
 
 class _KillAtEpoch(Callback):

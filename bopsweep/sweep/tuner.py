@@ -97,8 +97,14 @@ def _init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     cwd = os.getcwd()
     if address:
+        # Trials on a cluster run in worker processes started by each node's raylet,
+        # not by this process: the MLflow credentials go to them with the job's
+        # runtime environment (a Ray Job's driver already has the job's own).
+        env_vars = tracking.credential_env()
+        in_a_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+        runtime_env = {"env_vars": env_vars} if env_vars and not in_a_job else None
         try:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, runtime_env=runtime_env, **quiet)
         except ConnectionError as error:
             raise UserError(f"cannot connect to the Ray cluster at {address}: {error}") from None
     else:
@@ -360,9 +366,13 @@ def run_sweep(
         results = tuner.fit()
     finally:
         datacache.stop(caches)
-    statuses = {
-        t.config["trial"]["index"]: t.status
-        for t in tune.ExperimentAnalysis(experiment_path).trials
+    ray_trials = tune.ExperimentAnalysis(experiment_path).trials
+    statuses = {t.config["trial"]["index"]: t.status for t in ray_trials}
+    # Epochs each trial reported to Ray; its MLflow run should hold as many.
+    reported = {
+        t.config["trial"]["index"]: int(t.last_result["epoch"]) + 1
+        for t in ray_trials
+        if t.last_result and "epoch" in t.last_result
     }
     errors = _errors_by_index(results)
     # Ray Tune catches Ctrl-C itself, saves the experiment and returns early:
@@ -371,6 +381,14 @@ def run_sweep(
     outcome = SweepOutcome(spec, uri, exp_id, parent_id, storage, interrupted=interrupted)
     try:
         outcome.outcomes = settle_trials(outcome, trials, statuses, errors)
+        short = short_trials(outcome.outcomes, reported)
+        if short:
+            # The trials could not log (credentials refused where they ran, a server
+            # their nodes cannot reach...), though this process can.
+            outcome.tracking_error = (
+                f"{len(short)} of {len(trials)} trials could not log all their epochs "
+                "from where they ran"
+            )
         finish_parent(outcome)
         write_sweep_report(outcome)
     except tracking.unreachable_errors() as error:
@@ -399,6 +417,11 @@ def _errors_by_index(results) -> dict[int, str]:
             if match:
                 errors[int(match.group(1))] = str(result.error)
     return errors
+
+
+def short_trials(outcomes: list[TrialOutcome], reported: dict[int, int]) -> list[TrialOutcome]:
+    """Trials whose MLflow run holds fewer epochs than they reported to Ray."""
+    return [o for o in outcomes if o.epochs < reported.get(o.trial.index, 0)]
 
 
 def settle_trials(

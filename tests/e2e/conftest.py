@@ -4,6 +4,7 @@ run the real ``bopsweep`` command against it."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -113,6 +114,32 @@ def start_mlflow_server(root: Path, extra_args=(), env=None) -> MlflowServer:
 def mlflow_server(tmp_path_factory):
     server = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
     yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_server(tmp_path_factory):
+    """An ``mlflow server --app-name basic-auth``; yields it and the admin password."""
+    root = tmp_path_factory.mktemp("auth")
+    password = "pw-" + secrets.token_hex(12)
+    config = root / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'auth.db'}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    server = start_mlflow_server(
+        root,
+        extra_args=("--app-name", "basic-auth"),
+        env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        },
+    )
+    yield server, password
     server.stop()
 
 

@@ -106,7 +106,11 @@ def _wait_for_nodes(address: str, count: int, env: dict) -> None:
     subprocess.run([str(BIN / "python"), "-c", script], env=env, check=True, timeout=180)
 
 
-def test_sweep_runs_on_both_nodes(ray_cluster, mlflow_server, workdir):
+def test_sweep_runs_on_both_nodes(ray_cluster, auth_server, workdir, monkeypatch):
+    # The tracking server asks for credentials, which only the driver's environment
+    # holds: the trials on both nodes get them from the driver.
+    server, password = auth_server
+    credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
     result = bopsweep(
         "run",
         sweep_file("quickstart.yaml"),
@@ -116,12 +120,14 @@ def test_sweep_runs_on_both_nodes(ray_cluster, mlflow_server, workdir):
         "--address",
         ray_cluster["address"],
         "--tracking-uri",
-        mlflow_server.uri,
+        server.uri,
         cwd=workdir,
-        env=RAY_AUTH,
+        env={**RAY_AUTH, **credentials},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    client = MlflowClient(mlflow_server.uri)
+    for key, value in credentials.items():
+        monkeypatch.setenv(key, value)
+    client = MlflowClient(server.uri)
     exp = client.get_experiment_by_name("e2e-cluster")
     children = client.search_runs([exp.experiment_id], "tags.`bopsweep.role` = 'trial'")
     assert len(children) == 4

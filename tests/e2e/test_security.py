@@ -3,40 +3,14 @@ credentials that never leave the environment."""
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.conftest import bopsweep, start_mlflow_server, sweep_file
+from tests.e2e.conftest import bopsweep, sweep_file
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def auth_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("auth")
-    password = "pw-" + secrets.token_hex(12)
-    config = root / "basic_auth.ini"
-    config.write_text(
-        "[mlflow]\n"
-        "default_permission = READ\n"
-        f"database_uri = sqlite:///{root / 'auth.db'}\n"
-        "admin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-    )
-    server = start_mlflow_server(
-        root,
-        extra_args=("--app-name", "basic-auth"),
-        env={
-            "MLFLOW_AUTH_CONFIG_PATH": str(config),
-            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
-        },
-    )
-    yield server, password
-    server.stop()
 
 
 def _grep(folder: Path, needle: bytes) -> list[Path]:
@@ -98,3 +72,20 @@ def test_wrong_password_fails_at_start(auth_server, workdir):
     assert "refused the credentials" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (workdir / "bopsweep_results").exists(), "nothing may start"
+
+
+def test_a_trial_without_credentials_stops_retrying(auth_server, monkeypatch):
+    from bopsweep.sweep.tracking import TrialTracker
+
+    server, _ = auth_server
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.mlflow/credentials either
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    tracker = TrialTracker(server.uri, "0", "parent", 0, "t0", backoff_s=0.01)
+    tracker.log_epoch({"epoch": 0.0, "val_accuracy": 0.5}, step=0)
+    # Refused, not unreachable: one attempt, then nothing more is tried.
+    assert not tracker.finish("FINISHED")
+    assert tracker.refused and "401" in tracker.refused
+    assert tracker.failures == 1
+    assert len(tracker.pending) == 1  # still queued: the local results have it for sync
