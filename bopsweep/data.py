@@ -17,6 +17,8 @@ accepts the few numpy types the format needs, so a hostile file cannot run code.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import pickle
 import struct
@@ -185,14 +187,28 @@ def cifar10(data_dir: Path, download: bool) -> InMemoryDataset:
         )
     train = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     val_x, val_y = _read_cifar_batch(folder / "test_batch")
+    train_x = np.concatenate([x for x, _ in train])
+    train_y = np.concatenate([y for _, y in train])
+    del train
+    _return_freed_memory()
     return InMemoryDataset(
         "cifar10",
-        torch.from_numpy(np.concatenate([x for x, _ in train])),
-        torch.from_numpy(np.concatenate([y for _, y in train])),
+        torch.from_numpy(train_x),
+        torch.from_numpy(train_y),
         torch.from_numpy(val_x),
         torch.from_numpy(val_y),
         num_classes=10,
     )
+
+
+def _return_freed_memory() -> None:
+    """Hand memory freed by the C allocator back to the OS (glibc only).
+
+    Joining the batches frees as much again as the dataset (the batches as read),
+    in chunks small enough that glibc keeps them for reuse: without this, a process
+    holding CIFAR-10 (176 MiB) stays charged about twice that."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 MNIST_FILES = {
