@@ -66,6 +66,17 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A private local Ray instance (2 CPUs) for a test module; run_sweep and the
+    tests' own tasks use it as it is."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def tiny_cifar10(tmp_path: Path) -> TinyCifar10:
     return make_tiny_cifar10(tmp_path / "data")

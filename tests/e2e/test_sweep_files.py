@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -31,14 +30,6 @@ COMMON = [
     "resources.cpu=1",
     "max_concurrent_trials=2",
 ]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    # One Ray instance for all files; run_sweep uses it as it is.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,6 @@ from tests.conftest import make_tiny_cifar10
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def cifar(tmp_path_factory):
     return make_tiny_cifar10(tmp_path_factory.mktemp("data"), per_batch=20, n_test=10)
 
