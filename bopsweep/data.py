@@ -36,6 +36,10 @@ from bopsweep.errors import UserError, unknown_name
 # --------------------------------------------------------------------------- data
 
 
+# The tensors of an InMemoryDataset: images and labels of both splits.
+TENSOR_FIELDS = ("train_x", "train_y", "val_x", "val_y")
+
+
 @dataclass(frozen=True)
 class InMemoryDataset:
     """Images as uint8 ``(N, C, H, W)`` tensors plus int64 labels, both splits.
@@ -57,7 +61,7 @@ class InMemoryDataset:
         return tuple(self.train_x.shape[1:])
 
     def to(self, device: torch.device | str) -> InMemoryDataset:
-        move = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "val_x", "val_y")}
+        move = {k: getattr(self, k).to(device) for k in TENSOR_FIELDS}
         return replace(self, **move)
 
     def limit(self, max_train: int | None, max_val: int | None) -> InMemoryDataset:

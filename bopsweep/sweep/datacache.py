@@ -20,9 +20,7 @@ import ray
 import torch
 
 from bopsweep.config import TrainConfig
-from bopsweep.data import SHAREABLE_DATASETS, InMemoryDataset, load_dataset
-
-FIELDS = ("train_x", "train_y", "val_x", "val_y")
+from bopsweep.data import SHAREABLE_DATASETS, TENSOR_FIELDS, InMemoryDataset, load_dataset
 
 
 def actor_name(sweep_id: str, node_id: str) -> str:
@@ -44,7 +42,7 @@ class NodeDatasets:
         if key not in self.shared:
             data = load_dataset(name, data_dir, download)
             meta = {"name": data.name, "num_classes": data.num_classes, "pixel_max": data.pixel_max}
-            refs = {field: ray.put(getattr(data, field).numpy()) for field in FIELDS}
+            refs = {field: ray.put(getattr(data, field).numpy()) for field in TENSOR_FIELDS}
             self.shared[key] = (meta, refs)
         return self.shared[key]
 
@@ -86,14 +84,15 @@ def shared_dataset(sweep_id: str, config: TrainConfig) -> InMemoryDataset | None
     try:
         actor = ray.get_actor(actor_name(sweep_id, node_id))
         meta, refs = ray.get(actor.get.remote(config.dataset, config.data_dir, config.download))
-        arrays = ray.get([refs[field] for field in FIELDS])
+        arrays = ray.get([refs[field] for field in TENSOR_FIELDS])
     except Exception:  # no actor on this node, or it failed: load locally
         return None
     with warnings.catch_warnings():
         # The arrays are read-only views of the object store; nothing writes to them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensors = {
-            field: torch.from_numpy(np.asarray(a)) for field, a in zip(FIELDS, arrays, strict=True)
+            field: torch.from_numpy(np.asarray(a))
+            for field, a in zip(TENSOR_FIELDS, arrays, strict=True)
         }
     return InMemoryDataset(
         meta["name"], **tensors, num_classes=meta["num_classes"], pixel_max=meta["pixel_max"]

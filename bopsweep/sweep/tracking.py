@@ -6,8 +6,8 @@ that it can be repeated safely:
 
 * a child run is found again by its ``bopsweep.trial_key`` tag (parent run id +
   trial index), so a retried or resumed trial keeps logging into the same run;
-* each epoch is one ``log_batch`` request (never one request per metric), sent by a
-  background thread so training never waits on the server, and steps the run
+* epochs are sent in ``log_batch`` requests (never one request per metric) by a
+  background thread, so training never waits on the server, and steps the run
   already holds are skipped, so no metric step is logged twice.
 """
 
@@ -78,9 +78,16 @@ def client(uri: str):
 
 
 def is_auth_error(error: BaseException) -> bool:
-    """The server refused the credentials (or their absence): retrying cannot help."""
-    text = str(error)
-    return "401" in text or "403" in text or "nauthorized" in text or "ermission" in text
+    """The server refused the credentials (or their absence): retrying cannot help.
+
+    Decided by MLflow's error code (HTTP 401 / 403), not the message, which may
+    quote run ids and URLs."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(error, MlflowException) and error.error_code in (
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+    )
 
 
 def check_connection(uri: str) -> None:
