@@ -309,7 +309,14 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise UserError(f"spec file not found: {path}")
     if path.stat().st_size > MAX_SPEC_BYTES:
         raise UserError(f"{path}: spec larger than {MAX_SPEC_BYTES} bytes")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        # A binary file or another encoding passed by mistake: say so, not a traceback.
+        raise UserError(
+            f"{path}: not a text file (UTF-8): byte 0x{error.object[error.start]:02x} at "
+            f"offset {error.start} cannot be decoded; a spec is a YAML text file"
+        ) from None
     try:
         root = yaml.compose(text, Loader=SpecLoader)
         if root is not None:

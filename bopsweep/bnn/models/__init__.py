@@ -3,20 +3,38 @@
 A builder takes the dataset's input shape ``(C, H, W)`` and number of classes and
 returns an ``nn.Module`` whose binary kernels are marked by their layers. Aliases
 map the original code's names onto the same builder.
+
+The registry names each builder by the module that defines it, and imports that
+module (and torch) only in :func:`build_model`: checking a model name, as every spec
+and ``bopsweep plan`` does, costs no torch. Each model module also registers its
+builder with :func:`register_model` when imported, under the same name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from bopsweep.errors import unknown_name
+from bopsweep.registry import LazyRegistry
 
-ModelBuilder = Callable[[tuple[int, ...], int], nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
 
-MODELS: dict[str, ModelBuilder] = {}
-ALIASES: dict[str, str] = {}
+ModelBuilder = Callable[[tuple[int, ...], int], "nn.Module"]
+
+MODELS: LazyRegistry[ModelBuilder] = LazyRegistry(
+    "model",
+    {
+        "binarynet": "bopsweep.bnn.models.binarynet:binarynet",
+        "mlp": "bopsweep.bnn.models.mlp:mlp",
+        "binary_alexnet": "bopsweep.bnn.models.binary_alexnet:binary_alexnet",
+        "xnornet": "bopsweep.bnn.models.xnornet:xnornet",
+        "birealnet": "bopsweep.bnn.models.birealnet:birealnet",
+    },
+)
+# The original code's names.
+ALIASES: dict[str, str] = {"alexnet": "binary_alexnet"}
 
 
 def register_model(name: str, *aliases: str) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -42,13 +60,3 @@ def canonical_model_name(name: str) -> str:
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return MODELS[canonical_model_name(name)](tuple(input_shape), num_classes)
-
-
-# Importing the modules registers their models.
-from bopsweep.bnn.models import (  # noqa: E402, F401
-    binary_alexnet,
-    binarynet,
-    birealnet,
-    mlp,
-    xnornet,
-)

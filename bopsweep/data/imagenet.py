@@ -1,0 +1,222 @@
+"""ImageNet (ILSVRC 2012) read from JPEG class folders by DataLoader workers.
+
+ImageNet does not fit in memory as the small datasets do: ``imagenet2012`` reads
+JPEG class folders with a multi-worker ``DataLoader`` that decodes, crops and flips
+in worker processes and hands uint8 batches to the device, where they are
+normalised. :class:`LoaderBatches` gives the training loop the same small
+:class:`~bopsweep.data.batches.Batches` interface as the in-memory datasets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bopsweep.data.batches import Batches, steps_per_epoch
+from bopsweep.data.layout import IMAGENET_LAYOUT, require_imagenet
+from bopsweep.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_SIZE = 224
+IMAGENET_RESIZE = 256  # eval: resize the short side to 256, centre-crop 224
+
+
+@dataclass(frozen=True)
+class ImageFolderDataset:
+    """Two torchvision ``ImageFolder`` splits whose workers yield uint8 ``(3, S, S)``
+    images; the batches are normalised with ``mean`` / ``std`` on the device.
+
+    ``train_indices`` / ``val_indices`` restrict a split (``None``: all of it).
+    ``num_workers=None`` uses one worker per thread torch may use, which a Ray trial
+    sets to its CPU share.
+    """
+
+    name: str
+    train: Any  # torch Dataset of (uint8 image, label)
+    val: Any
+    classes: tuple[str, ...]
+    image_size: int = IMAGENET_SIZE
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    train_indices: tuple[int, ...] | None = None
+    val_indices: tuple[int, ...] | None = None
+    num_workers: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
+
+    @property
+    def train_y(self) -> Tensor:
+        """The training labels (of the limited split): what a count of images reads."""
+        targets = self.train.targets
+        indices = range(len(targets)) if self.train_indices is None else self.train_indices
+        return torch.tensor([targets[i] for i in indices], dtype=torch.int64)
+
+    def limit(self, max_train: int | None, max_val: int | None) -> ImageFolderDataset:
+        """Evenly spaced samples of each split: ImageFolder sorts samples by class, so
+        a small limit still spans the classes (first-N would give one class)."""
+        return replace(
+            self,
+            train_indices=_spread(self.train_indices, len(self.train), max_train),
+            val_indices=_spread(self.val_indices, len(self.val), max_val),
+        )
+
+    def batches(self, preprocess_fn: str, batch_size: int, device: torch.device) -> Batches:
+        if preprocess_fn != "default":
+            raise UserError(
+                f"{self.name} has its own preprocessing (the paper's ImageNet pipeline); "
+                f"use preprocess_fn 'default', not {preprocess_fn!r}"
+            )
+        return LoaderBatches(self, batch_size, device)
+
+
+def _spread(indices: Sequence[int] | None, n: int, limit: int | None) -> tuple[int, ...] | None:
+    current = range(n) if indices is None else indices
+    if limit is None or limit >= len(current):
+        return None if indices is None else tuple(indices)
+    return tuple(current[i * len(current) // limit] for i in range(limit))
+
+
+def imagenet_transforms(image_size: int = IMAGENET_SIZE, resize: int = IMAGENET_RESIZE):
+    """The paper's ImageNet preprocessing, up to uint8 tensors (normalised later, on the
+    device). Train: random crop of 8%-100% of the area with aspect 3/4-4/3, bicubic
+    resize to 224, random flip. Eval: bicubic resize to 256, centre crop 224."""
+    from torchvision import transforms as T
+
+    bicubic = T.InterpolationMode.BICUBIC
+    train = T.Compose(
+        [
+            T.RandomResizedCrop(
+                image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=bicubic
+            ),
+            T.RandomHorizontalFlip(),
+            T.PILToTensor(),
+        ]
+    )
+    evaluate = T.Compose(
+        [T.Resize(resize, interpolation=bicubic), T.CenterCrop(image_size), T.PILToTensor()]
+    )
+    return train, evaluate
+
+
+def _image_folder(folder: Path, transform) -> Any:
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(str(folder), transform=transform)
+    except (FileNotFoundError, OSError) as error:
+        raise UserError(f"cannot read {folder}: {error}. Expected {IMAGENET_LAYOUT}") from None
+
+
+def imagenet2012(data_dir: Path, download: bool) -> ImageFolderDataset:
+    """ILSVRC 2012 as JPEG class folders (torchvision's ImageFolder layout)."""
+    root = require_imagenet(data_dir, download)
+    train_transform, eval_transform = imagenet_transforms()
+    train = _image_folder(root / "train", train_transform)
+    val = _image_folder(root / "val", eval_transform)
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))[:5]
+        only_val = sorted(set(val.classes) - set(train.classes))[:5]
+        raise UserError(
+            f"{root}: train/ and val/ must hold the same class folders "
+            f"({len(train.classes)} vs {len(val.classes)}; only in train: {only_train}, "
+            f"only in val: {only_val}). Expected {IMAGENET_LAYOUT}"
+        )
+    return ImageFolderDataset("imagenet2012", train, val, tuple(train.classes))
+
+
+class _ShuffledBatches(torch.utils.data.Sampler):
+    """The index batches of one epoch: a seeded permutation cut into ``steps`` batches
+    (the same rule as :class:`~bopsweep.data.batches.DeviceBatches`)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+
+    def __len__(self) -> int:
+        return steps_per_epoch(self.n, self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed))
+        for step in range(len(self)):
+            yield order[step * self.batch_size : (step + 1) * self.batch_size].tolist()
+
+
+class LoaderBatches:
+    """Batches from an :class:`ImageFolderDataset`, decoded and augmented by DataLoader
+    workers, copied to the device as uint8 (from pinned memory on CUDA) and
+    normalised there."""
+
+    def __init__(self, data: ImageFolderDataset, batch_size: int, device: torch.device) -> None:
+        from torch.utils.data import Subset
+
+        self.data = data
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.train_set = (
+            data.train
+            if data.train_indices is None
+            else Subset(data.train, list(data.train_indices))
+        )
+        self.val_set = (
+            data.val if data.val_indices is None else Subset(data.val, list(data.val_indices))
+        )
+        workers = data.num_workers
+        self.num_workers = max(1, torch.get_num_threads()) if workers is None else workers
+        shape = (1, 3, 1, 1)
+        # Scaled to uint8 pixels, so one subtract and one divide normalise a batch.
+        self.mean = torch.tensor(data.mean, device=self.device).mul(255).view(shape)
+        self.std = torch.tensor(data.std, device=self.device).mul(255).view(shape)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_set)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.data.input_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.num_train, self.batch_size)
+
+    def _loader(self, dataset, seed: int, **batching) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            dataset,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # Seeds the workers' augmentation RNGs: a run is repeatable for a given
+            # seed and worker count.
+            generator=torch.Generator().manual_seed(seed),
+            **batching,
+        )
+
+    def _to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        return x.float().sub_(self.mean).div_(self.std), y
+
+    def train(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        # One draw from the run's generator per epoch decides the order and the
+        # augmentations, so a resumed run continues the same sequence.
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+        sampler = _ShuffledBatches(self.num_train, self.batch_size, seed)
+        for x, y in self._loader(self.train_set, seed, batch_sampler=sampler):
+            yield self._to_device(x, y)
+
+    def val(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y in self._loader(self.val_set, 0, batch_size=self.batch_size):
+            yield self._to_device(x, y)

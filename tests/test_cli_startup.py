@@ -1,0 +1,176 @@
+"""Commands that need no training answer at once: ``--help``, ``plan`` and every
+refused spec run without importing torch, Ray, MLflow or the plotting stack.
+
+Each check runs in a fresh interpreter and reports which heavy packages it
+imported: that is the cause of a slow start, and unlike a wall-clock time it is
+the same on every machine. (Timings are measured by ``bopsweep bench``.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.main import get_command
+
+from bopsweep.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "sweeps" / "quickstart.yaml"
+
+# Packages that take from a tenth of a second to seconds to import.
+HEAVY = ("torch", "torchvision", "ray", "mlflow", "matplotlib", "sklearn", "pandas", "numpy")
+
+# Runs a snippet, then writes the heavy packages it imported to the file named by
+# argv[1]; exits with the snippet's exit code.
+_REPORT = """\
+import json, sys
+_report, sys.argv = sys.argv[1], ["bopsweep", *sys.argv[2:]]
+_code = 0
+try:
+{snippet}
+except SystemExit as _exit:
+    _code = _exit.code if isinstance(_exit.code, int) else (_exit.code is not None)
+with open(_report, "w") as _f:
+    json.dump(sorted({{m.partition(".")[0] for m in sys.modules}} & set({heavy!r})), _f)
+sys.exit(_code)
+"""
+
+_CLI = "from bopsweep.cli import main\nmain()"
+
+
+def _run(tmp_path: Path, snippet: str, *args: str) -> tuple[subprocess.CompletedProcess, list]:
+    report = tmp_path / "imported.json"
+    code = _REPORT.format(snippet=textwrap.indent(snippet, "    "), heavy=HEAVY)
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(report), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert report.exists(), result.stderr
+    return result, json.loads(report.read_text())
+
+
+def _bopsweep(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list]:
+    return _run(tmp_path, _CLI, *args)
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for text in expected:
+        assert text in lines[0]
+
+
+def _spec(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_help_imports_nothing_heavy(tmp_path):
+    result, heavy = _bopsweep(tmp_path, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "plan" in result.stdout and "run" in result.stdout
+    assert heavy == []
+
+
+@pytest.mark.parametrize("command", sorted(get_command(app).commands))
+def test_command_help_imports_nothing_heavy(tmp_path, command):
+    result, heavy = _bopsweep(tmp_path, command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+    assert heavy == []
+
+
+def test_plan_of_quickstart_imports_nothing_heavy(tmp_path):
+    result, heavy = _bopsweep(tmp_path, "plan", str(QUICKSTART))
+    assert result.returncode == 0, result.stderr
+    assert "9 trials" in result.stdout
+    assert heavy == []
+
+
+QUICKSTART_TEXT = QUICKSTART.read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            QUICKSTART_TEXT.replace("model: mlp", "model: resnet9000"),
+            ["spec.yaml:", "unknown model 'resnet9000'", "binarynet"],
+        ),
+        (
+            QUICKSTART_TEXT.replace("dataset: digits", "dataset: svhn"),
+            ["unknown dataset 'svhn'", "cifar10"],
+        ),
+        (
+            QUICKSTART_TEXT.replace(
+                "hparams_set: bop", "hparams_set: bop\n  preprocess_fn: jitter"
+            ),
+            ["unknown preprocess fn 'jitter'", "resize_and_flip"],
+        ),
+        (
+            QUICKSTART_TEXT.replace("[1.0e-2, 1.0e-3, 1.0e-4]", "[1.0e-2, 2.0]"),
+            ["gamma", "less than or equal to 1"],
+        ),
+        ("name: t\ntrain: [mlp, digits\n", ["spec.yaml:", "invalid YAML"]),
+    ],
+    ids=["unknown model", "unknown dataset", "unknown preprocess fn", "bad value", "bad YAML"],
+)
+def test_refused_spec_is_one_line_and_imports_nothing_heavy(tmp_path, text, expected):
+    result, heavy = _bopsweep(tmp_path, "plan", str(_spec(tmp_path, text)))
+    _assert_one_line_error(result, *expected)
+    assert heavy == []
+
+
+def test_spec_that_is_not_utf8_text_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(b"\xff\xfe\x00name: x")
+    result, heavy = _bopsweep(tmp_path, "plan", str(path))
+    _assert_one_line_error(result, f"{path}: not a text file (UTF-8)")
+    assert heavy == []
+
+
+def test_library_validation_imports_nothing_heavy(tmp_path):
+    """What the sweep driver checks before Ray starts, as a library: names, values
+    and whether the data is on disk."""
+    snippet = f"""\
+from bopsweep.config import make_train_config
+from bopsweep.data import check_available
+from bopsweep.errors import UserError
+from bopsweep.sweep.spec import expand, load_spec
+
+expand(load_spec({str(QUICKSTART)!r}))
+make_train_config(model="alexnet", dataset="imagenet2012", hparams_set="bop")
+for values in ({{"model": "resnet"}}, {{"model": "mlp", "hparams": {{"gamma": 2}}}}):
+    try:
+        make_train_config(**values)
+        raise AssertionError(values)
+    except UserError:
+        pass
+try:
+    check_available("cifar10", "no-such-folder", download=False)
+    raise AssertionError("cifar10 found")
+except UserError:
+    pass
+check_available("cifar10", "no-such-folder", download=True)
+check_available("digits", "no-such-folder", download=False)
+import bopsweep
+assert bopsweep.__version__
+"""
+    result, heavy = _run(tmp_path, snippet)
+    assert result.returncode == 0, result.stderr
+    assert heavy == []
