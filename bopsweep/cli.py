@@ -476,13 +476,13 @@ def report(
     uri = sweep_report.tracking_uri_for(name_or_spec, tracking_uri)
     result = sweep_report.write_report(uri, name_or_spec, out, log_to_parent=log_to_parent)
     stdout = _make_console()
-    stdout.print(sweep_report.leaderboard_table(result))
+    stdout.print(sweep_report.leaderboard_table(result.outcome, result.swept_keys))
     stdout.print(
         f"report: {result.out_dir} ({', '.join(p.name for p in result.files)})", highlight=False
     )
     where = "logged to the parent run under report/" if result.logged_to_parent else "parent run"
-    browse = "" if uri.startswith("http") else " (browse it with `bopsweep ui`)"
-    stdout.print(f"{where}: {result.parent_link}{browse}", highlight=False)
+    browse = "" if result.outcome.is_server else " (browse it with `bopsweep ui`)"
+    stdout.print(f"{where}: {result.outcome.parent_link}{browse}", highlight=False)
 
 
 @app.command()

@@ -1,0 +1,197 @@
+"""The leaderboard, in every form it is read: csv, markdown, MLflow's table and the terminal.
+
+Each rendering takes a :class:`~bopsweep.sweep.outcome.SweepOutcome` and ranks its
+trials with :meth:`~bopsweep.sweep.outcome.SweepOutcome.ranked`, so the files of
+``bopsweep report`` and the table printed at the end of ``bopsweep run`` show the same
+ranks and the same figures. A trial that never reached MLflow (no run id) still gets
+its row, with an empty run column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome, format_value
+from bopsweep.sweep.report.grid import swept_key_order
+
+STATUS_STYLES = {"FINISHED": "green", "FAILED": "red", "KILLED": "yellow", "RUNNING": "cyan"}
+
+
+def _keys(outcome: SweepOutcome, keys: Sequence[str] | None) -> list[str]:
+    return list(keys) if keys is not None else swept_key_order(outcome.trials)
+
+
+def _label(key: str) -> str:
+    return key.removeprefix("hparams.")
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _fmt_metric(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"
+
+
+def _fmt_ratio(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2e}"
+
+
+def columns(metric: str, keys: Sequence[str]) -> list[str]:
+    """The machine-readable column names (csv and MLflow's table)."""
+    return [
+        "rank",
+        "trial",
+        *keys,
+        f"final_{metric}",
+        f"best_{metric}",
+        "mean_flip_ratio",
+        "epochs",
+        "status",
+        "run",
+    ]
+
+
+def _row_values(outcome: SweepOutcome, rank: int, trial: TrialOutcome, keys: Sequence[str]):
+    metric = outcome.metric
+    return [
+        rank,
+        trial.index,
+        *(trial.swept.get(k) for k in keys),
+        trial.final(metric),
+        trial.best(metric, outcome.mode),
+        trial.mean_flip_ratio,
+        trial.epochs(metric),
+        trial.status,
+        # The run's page in the MLflow UI, or its id for a local store.
+        outcome.run_link(trial.run_id),
+    ]
+
+
+def _rows(outcome: SweepOutcome, keys: Sequence[str]) -> list[list[Any]]:
+    return [
+        _row_values(outcome, rank, trial, keys) for rank, trial in enumerate(outcome.ranked(), 1)
+    ]
+
+
+def leaderboard_csv(outcome: SweepOutcome, keys: Sequence[str] | None = None) -> str:
+    keys = _keys(outcome, keys)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns(outcome.metric, keys))
+    for values in _rows(outcome, keys):
+        writer.writerow(["" if _is_nan(v) else v for v in values])
+    return buffer.getvalue()
+
+
+def leaderboard_table_json(outcome: SweepOutcome, keys: Sequence[str] | None = None) -> dict:
+    """The leaderboard in the layout ``MlflowClient.log_table`` writes (pandas' "split"
+    orientation), so ``MlflowClient.load_table`` and the UI's table views read it."""
+    keys = _keys(outcome, keys)
+    # JSON has no NaN; a trial with no run has no link.
+    data = [
+        [None if _is_nan(v) else v for v in values[:-1]] + [values[-1] or None]
+        for values in _rows(outcome, keys)
+    ]
+    return {"columns": columns(outcome.metric, keys), "data": data}
+
+
+def _title(outcome: SweepOutcome) -> str:
+    return f"{outcome.name}: leaderboard by {outcome.metric} ({outcome.mode})"
+
+
+def leaderboard_markdown(outcome: SweepOutcome, keys: Sequence[str] | None = None) -> str:
+    keys = _keys(outcome, keys)
+    metric = outcome.metric
+    header = [
+        "rank",
+        "trial",
+        *(_label(k) for k in keys),
+        f"final {metric}",
+        f"best {metric}",
+        "mean flip ratio",
+        "epochs",
+        "status",
+        "run",
+    ]
+    lines = [
+        f"# Sweep {_title(outcome)}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if h not in ("status", "run") else "---" for h in header) + "|",
+    ]
+    for rank, trial in enumerate(outcome.ranked(), 1):
+        link = outcome.run_link(trial.run_id)
+        if not trial.run_id:
+            run = "-"
+        elif link != trial.run_id:
+            run = f"[{trial.run_id[:8]}]({link})"
+        else:
+            run = f"`{trial.run_id}`"
+        cells = [
+            str(rank),
+            f"{trial.index:03d}",
+            *(format_value(trial.swept.get(k)) for k in keys),
+            _fmt_metric(trial.final(metric)),
+            _fmt_metric(trial.best(metric, outcome.mode)),
+            _fmt_ratio(trial.mean_flip_ratio),
+            str(trial.epochs(metric)),
+            trial.status,
+            run,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Parent run: {outcome.parent_link} (tracking URI `{outcome.tracking_uri}`)")
+    return "\n".join(lines) + "\n"
+
+
+def _epochs_text(trial: TrialOutcome, metric: str) -> str:
+    done = trial.epochs(metric)
+    # Out of how many, when known (a sweep that just ran) and not all were reached.
+    if trial.epochs_total is not None and done < trial.epochs_total:
+        return f"{done}/{trial.epochs_total}"
+    return str(done)
+
+
+def leaderboard_table(
+    outcome: SweepOutcome, keys: Sequence[str] | None = None, *, links: bool = True
+):
+    """The leaderboard as a rich table for the terminal, for a sweep read back from
+    MLflow or one that has just ended. With ``links``, run ids on a tracking server
+    are terminal hyperlinks to their page in the MLflow UI."""
+    from rich.table import Table
+
+    keys = _keys(outcome, keys)
+    metric = outcome.metric
+    table = Table(title=_title(outcome))
+    headers = ["rank", "trial", *(_label(k) for k in keys)]
+    headers += [f"final {metric}", f"best {metric}", "mean flip_ratio", "epochs", "status"]
+    for header in headers:
+        table.add_column(header, justify="left" if header == "status" else "right")
+    # Whole run ids (other columns wrap first): they are what users copy.
+    table.add_column("run", no_wrap=True, min_width=32)
+    for rank, trial in enumerate(outcome.ranked(), 1):
+        style = STATUS_STYLES.get(trial.status, "")
+        link = outcome.run_link(trial.run_id)
+        if not trial.run_id:
+            run = "-"
+        elif links and link != trial.run_id:
+            run = f"[link={link}]{trial.run_id}[/link]"
+        else:
+            run = trial.run_id
+        table.add_row(
+            str(rank),
+            f"{trial.index:03d}",
+            *(format_value(trial.swept.get(k)) for k in keys),
+            _fmt_metric(trial.final(metric)),
+            _fmt_metric(trial.best(metric, outcome.mode)),
+            _fmt_ratio(trial.mean_flip_ratio),
+            _epochs_text(trial, metric),
+            f"[{style}]{trial.status}[/]" if style else trial.status,
+            run,
+        )
+    return table

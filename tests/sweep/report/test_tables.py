@@ -1,0 +1,168 @@
+"""The leaderboard's renderings: rows checked against what MlflowClient returns for
+the runs of a real store, and the terminal table of a sweep that has just ended."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+
+import pytest
+from rich.console import Console
+
+from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
+from bopsweep.sweep.report import tables
+
+SERVER = "http://host:5000/"
+RUN_ID = "a" * 32
+
+
+def _ended_sweep(uri: str = SERVER) -> SweepOutcome:
+    """A sweep as the runner settles it: one trial finished, one failed before it
+    reached MLflow (no run id) after one of its two epochs."""
+    finished = TrialOutcome(
+        index=0,
+        swept={"hparams.gamma": 1e-3, "seed": 0},
+        status="FINISHED",
+        history={"val_accuracy": [(0, 0.5), (1, 0.7)], "flip_ratio": [(0, 2e-3), (1, 1e-3)]},
+        run_id=RUN_ID,
+        epochs_total=2,
+    )
+    failed = TrialOutcome(
+        index=1,
+        swept={"hparams.gamma": 1e-4, "seed": 0},
+        status="FAILED",
+        history={"val_accuracy": [(0, 0.6)]},
+        epochs_total=2,
+        error="out of memory",
+    )
+    return SweepOutcome(
+        name="quick",
+        metric="val_accuracy",
+        mode="max",
+        tracking_uri=uri,
+        experiment_id="3",
+        parent_run_id="p" * 32,
+        trials=[failed, finished],
+    )
+
+
+def _text(table, *, terminal: bool = False) -> str:
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=250,
+        force_terminal=terminal,
+        color_system="standard" if terminal else None,
+    )
+    console.print(table)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------- rows, against the store
+def test_leaderboard_rows_match_mlflow(store, grid_report):
+    outcome = grid_report.outcome
+    runs = {r.info.run_id: r for r in store.children(outcome.parent_run_id)}
+    ranked = outcome.ranked()
+    assert len(ranked) == len(runs) == 18
+    assert outcome.metric == "val_accuracy" and outcome.mode == "max"
+    assert grid_report.swept_keys == ["hparams.threshold", "hparams.gamma", "seed"]
+    for trial in ranked:
+        run = runs[trial.run_id]
+        values = store.history(trial.run_id, "val_accuracy")
+        flips = store.history(trial.run_id, "flip_ratio")
+        assert trial.final("val_accuracy") == values[-1]
+        assert trial.best("val_accuracy", "max") == max(values)
+        assert trial.epochs("val_accuracy") == len(values) == store.epochs
+        assert trial.mean_flip_ratio == pytest.approx(statistics.fmean(flips), rel=1e-12)
+        assert trial.status == run.info.status == "FINISHED"
+        assert trial.name == run.info.run_name
+        assert trial.index == int(run.data.tags["bopsweep.trial_key"].rpartition(":")[2])
+        for key, value in trial.swept.items():
+            assert str(value) == run.data.tags[f"swept.{key}"]
+        assert outcome.run_link(trial.run_id) == trial.run_id  # a local store has no web page
+    bests = [trial.best("val_accuracy", "max") for trial in ranked]
+    assert bests == sorted(bests, reverse=True)
+
+
+def test_leaderboard_files(grid_report):
+    out, ranked = grid_report.out_dir, grid_report.outcome.ranked()
+    with (out / "leaderboard.csv").open() as handle:
+        lines = list(csv.DictReader(handle))
+    assert len(lines) == len(ranked)
+    for rank, (line, trial) in enumerate(zip(lines, ranked, strict=True), 1):
+        assert int(line["rank"]) == rank
+        assert line["run"] == trial.run_id
+        assert float(line["best_val_accuracy"]) == trial.best("val_accuracy", "max")
+        assert float(line["final_val_accuracy"]) == trial.final("val_accuracy")
+        assert float(line["hparams.gamma"]) == trial.swept["hparams.gamma"]
+        assert line["status"] == "FINISHED"
+    markdown = (out / "leaderboard.md").read_text()
+    assert markdown.startswith("# Sweep grid: leaderboard by val_accuracy (max)")
+    assert "| rank | trial | threshold | gamma | seed |" in markdown
+    assert markdown.count("| FINISHED |") == 18
+    table = json.loads((out / "leaderboard.json").read_text())
+    assert table["columns"][:5] == ["rank", "trial", "hparams.threshold", "hparams.gamma", "seed"]
+    assert [r[-1] for r in table["data"]] == [trial.run_id for trial in ranked]
+
+
+# ------------------------------------------------------- a sweep just ended
+def test_run_links_point_at_the_mlflow_ui():
+    outcome = _ended_sweep()
+    link = f"http://host:5000/#/experiments/3/runs/{RUN_ID}"
+    rows = list(csv.DictReader(io.StringIO(tables.leaderboard_csv(outcome))))
+    assert [row["run"] for row in rows] == [link, ""]
+    data = tables.leaderboard_table_json(outcome)["data"]
+    assert [row[-1] for row in data] == [link, None]
+    markdown = tables.leaderboard_markdown(outcome)
+    assert f"[{RUN_ID[:8]}]({link})" in markdown
+    assert f"Parent run: http://host:5000/#/experiments/3/runs/{'p' * 32}" in markdown
+    # OSC 8: the run id is a hyperlink in terminals that support them.
+    linked = _text(tables.leaderboard_table(outcome), terminal=True)
+    assert "\x1b]8;id=" in linked and f";{link}\x1b\\{RUN_ID}" in linked
+    assert link not in _text(tables.leaderboard_table(outcome, links=False), terminal=True)
+    local = _ended_sweep("sqlite:////tmp/mlflow.db")
+    assert [r["run"] for r in csv.DictReader(io.StringIO(tables.leaderboard_csv(local)))] == [
+        RUN_ID,
+        "",
+    ]
+    assert f"`{RUN_ID}`" in tables.leaderboard_markdown(local)
+
+
+def test_terminal_table_of_a_sweep_just_ended():
+    outcome = _ended_sweep()
+    table = tables.leaderboard_table(outcome)
+    assert table.title == "quick: leaderboard by val_accuracy (max)"
+    assert [c.header for c in table.columns] == [
+        "rank",
+        "trial",
+        "gamma",
+        "seed",
+        "final val_accuracy",
+        "best val_accuracy",
+        "mean flip_ratio",
+        "epochs",
+        "status",
+        "run",
+    ]
+    lines = [line.split("│")[1:-1] for line in _text(table).splitlines() if "│" in line]
+    cells = [[cell.strip() for cell in line] for line in lines]  # the header row uses ┃
+    assert cells == [
+        ["1", "000", "0.001", "0", "0.7000", "0.7000", "1.50e-03", "2", "FINISHED", RUN_ID],
+        ["2", "001", "0.0001", "0", "0.6000", "0.6000", "-", "1/2", "FAILED", "-"],
+    ]
+    # The columns follow the keys given, in their order.
+    reordered = tables.leaderboard_table(outcome, ["seed", "hparams.gamma"])
+    assert [c.header for c in reordered.columns][2:4] == ["seed", "gamma"]
+
+
+def test_nan_is_empty_in_csv_and_null_in_json():
+    outcome = _ended_sweep()
+    rows = list(csv.DictReader(io.StringIO(tables.leaderboard_csv(outcome))))
+    assert rows[1]["mean_flip_ratio"] == ""
+    assert rows[1]["epochs"] == "1"
+    table = tables.leaderboard_table_json(outcome)
+    flips = table["columns"].index("mean_flip_ratio")
+    assert table["data"][1][flips] is None
+    json.dumps(table, allow_nan=False)  # valid JSON, which has no NaN
