@@ -240,30 +240,51 @@ def run(
         bool,
         typer.Option(help="Start over instead of resuming an interrupted sweep of the same name."),
     ] = False,
+    download: Annotated[
+        bool,
+        typer.Option(help="Download missing datasets (sets train.download) where allowed."),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show Ray's and MLflow's log lines live (they always go to "
+            "<results>/logs/driver.log).",
+        ),
+    ] = False,
 ) -> None:
     """Run a sweep with Ray Tune, every trial tracked in MLflow.
 
     Running the same spec again resumes an interrupted sweep (finished trials are
-    not re-run); --restart starts over.
+    not re-run); --restart starts over. The terminal shows the live table and the
+    leaderboard; Ray's and MLflow's logs go to the sweep's results folder.
     """
     from rich.live import Live
 
-    from bopsweep.sweep import progress
+    from bopsweep.sweep.report.tables import live_table
+    from bopsweep.sweep.runner import RunOptions, run_sweep
     from bopsweep.sweep.spec import load_spec
-    from bopsweep.sweep.tuner import run_sweep
 
-    loaded = load_spec(spec, set_ or [])
+    overrides = [*(set_ or []), *(["train.download=true"] if download else [])]
+    loaded = load_spec(spec, overrides)
     console.print(f"sweep {loaded.spec.name!r} from {spec}: starting Ray...", highlight=False)
+    options = RunOptions(
+        tracking_uri=tracking_uri,
+        address=address,
+        storage=storage,
+        restart=restart,
+        verbose=verbose,
+    )
     with Live(console=console, refresh_per_second=2, transient=False) as live:
-        progress.ACTIVE_LIVE = live
-        try:
-            outcome = run_sweep(
-                loaded, tracking_uri=tracking_uri, address=address, storage=storage, restart=restart
-            )
-        finally:
-            progress.ACTIVE_LIVE = None
+        outcome = run_sweep(
+            loaded, options, listener=lambda current: live.update(live_table(current))
+        )
     console.print()
-    _print_outcome(outcome, spec, set_ or [])
+    if outcome.stopped:
+        # Every trial would fail the same way: one message, no leaderboard.
+        raise UserError(outcome.stopped)
+    _print_outcome(outcome, spec, overrides)
     if outcome.interrupted:
         raise typer.Exit(130)
     if outcome.failed or outcome.tracking_error:
@@ -271,37 +292,15 @@ def run(
 
 
 def _print_outcome(outcome, spec: Path, overrides: list[str]) -> None:
-    import math
-
-    from rich.table import Table
+    from bopsweep.sweep.report.tables import leaderboard_table
 
     out = _make_console()
-    metric = outcome.spec.metric.name
-    table = Table(
-        title=f"{outcome.spec.name}: leaderboard by {metric} ({outcome.spec.metric.mode})"
-    )
-    swept_keys = list(outcome.outcomes[0].trial.swept) if outcome.outcomes else []
-    columns = ["rank", "trial", *(k.removeprefix("hparams.") for k in swept_keys)]
-    columns += [f"final {metric}", f"best {metric}", "mean flip_ratio", "epochs", "status"]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "status" else "right")
-    for rank, o in enumerate(outcome.leaderboard(), 1):
-        table.add_row(
-            str(rank),
-            f"{o.trial.index:03d}",
-            *(_value_text(o.trial.swept[k]) for k in swept_keys),
-            "-" if math.isnan(o.final) else f"{o.final:.4f}",
-            "-" if math.isnan(o.best) else f"{o.best:.4f}",
-            "-" if math.isnan(o.flip_ratio) else f"{o.flip_ratio:.2e}",
-            str(o.epochs),
-            o.status,
-        )
-    out.print(table)
+    out.print(leaderboard_table(outcome))
     if outcome.tracking_error:
         out.print(
             f"[red]not every epoch reached the tracking server at {outcome.tracking_uri}[/] "
             f"({outcome.tracking_error}); every epoch is in the local results: run "
-            f"`bopsweep sync {outcome.spec.name} --storage {outcome.storage}` once it is "
+            f"`bopsweep sync {outcome.name} --storage {outcome.storage}` once it is "
             "reachable",
             highlight=False,
         )
@@ -312,12 +311,15 @@ def _print_outcome(outcome, spec: Path, overrides: list[str]) -> None:
         out.print(
             f"MLflow store {outcome.tracking_uri}: browse it with `bopsweep ui`", highlight=False
         )
-    out.print(f"results and checkpoints: {outcome.storage}/{outcome.spec.name}", highlight=False)
-    for o in outcome.failed:
-        if o.status == "FAILED":
+    results = f"{outcome.storage}/{outcome.name}"
+    out.print(f"results and checkpoints: {results} (logs: {results}/logs)", highlight=False)
+    for trial in sorted(outcome.trials, key=lambda t: t.index):
+        if trial.status == "FAILED" and not outcome.stopped:
+            reason = (trial.error or "").strip().splitlines()
+            line = reason[-1] if reason else "no reason recorded"
+            where = f" (log: {trial.log_file})" if trial.log_file else ""
             out.print(
-                f"[red]trial {o.trial.index:03d} failed[/]: {(o.error or '').strip()[:500]}",
-                highlight=False,
+                f"[red]trial {trial.index:03d} failed[/]: {line[:300]}{where}", highlight=False
             )
     if outcome.interrupted:
         again = " ".join(["bopsweep run", str(spec), *(f"--set {s}" for s in overrides)])
@@ -342,18 +344,15 @@ def sync(
     Reads every trial's local results; epochs the server already has are skipped,
     so it is safe to run more than once.
     """
+    from bopsweep.sweep.state import resolve_storage_path
     from bopsweep.sweep.sync import sync_sweep
-    from bopsweep.sweep.tuner import resolve_storage_path
 
     report = sync_sweep(name, resolve_storage_path(storage), tracking_uri)
     outcome = report.outcome
-    counts = ", ".join(
-        f"{sum(o.status == s for o in outcome.outcomes)} {s.lower()}"
-        for s in ("FINISHED", "FAILED", "KILLED")
-    )
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in outcome.counts().items())
     console.print(
         f"synced {name!r} to {outcome.tracking_uri}: {report.epochs_sent} epochs sent; "
-        f"{len(outcome.outcomes)} trials ({counts})",
+        f"{len(outcome.trials)} trials ({counts})",
         highlight=False,
     )
 
@@ -422,7 +421,7 @@ def ui(
     ] = None,
 ) -> None:
     """Start the MLflow UI on the local store and print its URL."""
-    from bopsweep.sweep.tracking import resolve_tracking_uri
+    from bopsweep.sweep.mlflow_client import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, None)
     if uri.startswith("http"):
@@ -503,14 +502,15 @@ def bench(
         list[str] | None,
         typer.Option(
             help="Run only this section (repeatable): bop_step, train_step, data_pipeline, "
-            "logging, sweep_overhead, memory."
+            "logging, sweep_overhead, memory, cli_startup."
         ),
     ] = None,
 ) -> None:
-    """Measure Bop, training, data, sweep, logging and memory against their targets.
+    """Measure Bop, training, data, sweep, logging, memory and start-up against targets.
 
-    Each target is a ratio of two measurements interleaved in the same run; see
-    docs/benchmarks.md.
+    Each target is a ratio of two measurements interleaved in the same run; bf16 is
+    measured only where the device computes it natively. A full run takes at most
+    about 5 minutes on 2 CPU cores; see docs/benchmarks.md.
     """
     from rich.table import Table
 

@@ -14,7 +14,8 @@ import torch
 
 from bopsweep.bnn.layers import binary_parameters
 from bopsweep.config import make_train_config
-from bopsweep.data import CIFAR10_FILES, make_synthetic, write_cifar10_batch
+from bopsweep.data import CIFAR10_FILES, make_synthetic
+from bopsweep.testing import write_cifar10_batch
 from bopsweep.train import Callback, Trainer, train
 
 

@@ -307,3 +307,16 @@ def test_limit():
     data = make_synthetic((1, 2, 2), num_classes=2, n_train=20, n_val=10).limit(5, None)
     assert len(data.train_x) == len(data.train_y) == 5
     assert len(data.val_x) == len(data.val_y) == 10
+
+
+def test_digits_read_from_scikit_learns_file_match_load_digits():
+    """The loader reads scikit-learn's bundled file without importing sklearn.datasets
+    (seconds per sweep worker); the arrays must be exactly load_digits()'s."""
+    from sklearn.datasets import load_digits
+
+    from bopsweep.data.in_memory import digits_arrays
+
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images.astype(np.uint8))
+    assert np.array_equal(labels, bunch.target)

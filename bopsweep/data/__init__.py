@@ -122,7 +122,7 @@ _EXPORTS = {
         "normalize",
         "steps_per_epoch",
     ),
-    "bopsweep.data.formats": ("read_cifar_batch", "write_cifar10_batch"),
+    "bopsweep.data.formats": ("read_cifar_batch",),
     "bopsweep.data.imagenet": (
         "IMAGENET_MEAN",
         "IMAGENET_RESIZE",

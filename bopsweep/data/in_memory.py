@@ -29,6 +29,7 @@ from bopsweep.data.layout import (
     require_cifar10,
     require_mnist,
 )
+from bopsweep.errors import UserError
 
 # The tensors of an InMemoryDataset: images and labels of both splits.
 TENSOR_FIELDS = ("train_x", "train_y", "val_x", "val_y")
@@ -135,13 +136,28 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_VAL_FRACTION = 0.2
 
 
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as ``(images (N, 8, 8) uint8, labels int64)``.
+
+    Read straight from the CSV file that ``sklearn.datasets.load_digits`` reads:
+    importing ``sklearn.datasets`` costs seconds (SciPy and more), paid by every
+    sweep worker, for a file numpy reads in milliseconds."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the digits dataset comes with scikit-learn: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+    images = table[:, :-1].astype(np.uint8).reshape(-1, 8, 8)
+    return images, table[:, -1].astype(np.int64)
+
+
 def digits(data_dir: Path, download: bool) -> InMemoryDataset:
     """scikit-learn's bundled 8x8 digits (1797 images, pixels 0..16), 80/20 split."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    images_np, labels_np = digits_arrays()
+    images = torch.from_numpy(images_np).unsqueeze(1)
+    labels = torch.from_numpy(labels_np)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
     n_val = int(len(labels) * DIGITS_VAL_FRACTION)
     val, train = order[:n_val], order[n_val:]

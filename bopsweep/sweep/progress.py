@@ -1,141 +1,98 @@
-"""Live progress of a sweep: one compact table refreshed in place.
+"""Live progress of a sweep: a Ray Tune callback that keeps a :class:`SweepOutcome`.
 
-A Ray Tune callback in the driver keeps, per trial, its swept values, status,
-epoch, current and best metric, and redraws a rich table; Ray's own verbose
-status dumps are turned off.
+The callback runs in the driver. Per trial it records the status, the epochs done
+and the metric and flip-ratio histories as results arrive, in the same model the
+sweep ends with, and hands the model to a listener (the CLI's live table). Ray
+pickles the run's callbacks with the experiment state to restore an interrupted
+sweep; the listener belongs to the current process, so it is kept out of the
+pickle and found again by the sweep's key (its parent run id). The table the CLI
+draws from the model is :func:`bopsweep.sweep.report.tables.live_table`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from ray import tune
-from rich.live import Live
-from rich.table import Table
 
-from bopsweep.sweep.spec import SweepSpec, Trial
+from bopsweep.sweep.outcome import FLIP_METRIC, SweepOutcome, TrialOutcome
+from bopsweep.sweep.ray_backend import USER_ERROR_KEY, trial_index
 
-
-@dataclass
-class TrialRow:
-    trial: Trial
-    epochs: int
-    status: str = "PENDING"
-    epoch: int = 0
-    current: float = math.nan
-    best: float = math.nan
-    flip_ratio: float = math.nan
-    error: str | None = None
+Listener = Callable[[SweepOutcome], None]
+_LISTENERS: dict[str, Listener] = {}
+# Ray's trial statuses as the sweep's model shows them while it runs.
+RAY_STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
 
 
-def _is_better(value: float, best: float, mode: str) -> bool:
-    if math.isnan(best):
-        return True
-    return value > best if mode == "max" else value < best
+@contextmanager
+def listening(sweep_key: str, listener: Listener | None) -> Iterator[None]:
+    """Route the progress of sweep ``sweep_key`` to ``listener`` meanwhile."""
+    if listener is None:
+        yield
+        return
+    _LISTENERS[sweep_key] = listener
+    try:
+        yield
+    finally:
+        _LISTENERS.pop(sweep_key, None)
 
 
-def _value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+class LiveProgress(tune.Callback):
+    """Driver-side Ray Tune callback that keeps the sweep's model up to date."""
 
+    def __init__(self, outcome: SweepOutcome) -> None:
+        self.outcome = outcome
+        self._by_index = {t.index: t for t in outcome.trials}
 
-def _fmt(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.4f}"
+    def _trial(self, ray_trial) -> TrialOutcome:
+        return self._by_index[trial_index(ray_trial)]
 
+    def notify(self) -> None:
+        listener = _LISTENERS.get(self.outcome.parent_run_id)
+        if listener is not None:
+            listener(self.outcome)
 
-# Ray pickles the run's callbacks with the experiment state (to restore it); the
-# live display belongs to the current process, so it is looked up here instead,
-# and a restored table makes itself known here too.
-ACTIVE_LIVE: Live | None = None
-ACTIVE_TABLE: LiveTable | None = None
-
-
-class LiveTable(tune.Callback):
-    """Driver-side Ray Tune callback that renders the sweep's progress."""
-
-    def __init__(self, spec: SweepSpec, trials: list[Trial]) -> None:
-        global ACTIVE_TABLE
-        self.spec = spec
-        self.rows = {t.index: TrialRow(t, epochs=t.train.resolved_hparams().epochs) for t in trials}
-        ACTIVE_TABLE = self
-
-    def __setstate__(self, state: dict) -> None:
-        global ACTIVE_TABLE
-        self.__dict__.update(state)
-        ACTIVE_TABLE = self
-
-    def sync(self, trials) -> None:
-        """Take the statuses of restored trials (Ray's ``Trial`` objects)."""
-        for trial in trials:
-            row = self.rows.get(trial.config["trial"]["index"])
-            if row is None:
+    def sync(self, ray_trials) -> None:
+        """Take the statuses and last results of restored trials."""
+        for ray_trial in ray_trials:
+            trial = self._by_index.get(trial_index(ray_trial))
+            if trial is None:
                 continue
-            row.status = trial.status
-            last = trial.last_result or {}
-            if "epoch" in last:
-                row.epoch = int(last["epoch"]) + 1
-            value = last.get(self.spec.metric.name)
+            trial.status = RAY_STATUS.get(ray_trial.status, ray_trial.status)
+            self._record(trial, ray_trial.last_result or {})
+        self.notify()
+
+    def _record(self, trial: TrialOutcome, result: dict) -> None:
+        if "epoch" not in result:
+            return
+        step = int(result["epoch"])
+        for name in (self.outcome.metric, FLIP_METRIC):
+            value = result.get(name)
             if value is not None:
-                row.current = row.best = float(value)
-        self._refresh()
-
-    def _row(self, trial) -> TrialRow:
-        return self.rows[trial.config["trial"]["index"]]
-
-    def render(self) -> Table:
-        metric, mode = self.spec.metric.name, self.spec.metric.mode
-        done = sum(r.status in ("TERMINATED", "ERROR") for r in self.rows.values())
-        table = Table(
-            title=f"{self.spec.name}: {done}/{len(self.rows)} trials done", title_justify="left"
-        )
-        swept_keys = list(next(iter(self.rows.values())).trial.swept) if self.rows else []
-        columns = ["trial", *(k.removeprefix("hparams.") for k in swept_keys), "status", "epoch"]
-        for column in [*columns, metric, f"best ({mode})", "flip_ratio"]:
-            table.add_column(column, justify="left" if column == "status" else "right")
-        for index, row in sorted(self.rows.items()):
-            style = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red"}.get(row.status, "")
-            table.add_row(
-                f"{index:03d}",
-                *(_value(row.trial.swept[k]) for k in swept_keys),
-                f"[{style}]{row.status}[/]" if style else row.status,
-                f"{row.epoch}/{row.epochs}",
-                _fmt(row.current),
-                _fmt(row.best),
-                "-" if math.isnan(row.flip_ratio) else f"{row.flip_ratio:.2e}",
-            )
-        return table
-
-    def _refresh(self) -> None:
-        if ACTIVE_LIVE is not None:
-            ACTIVE_LIVE.update(self.render())
+                trial.record(name, step, float(value))
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._row(trial).status = "RUNNING"
-        self._refresh()
+        self._trial(trial).status = "RUNNING"
+        self.notify()
 
-    def on_trial_restore(self, iteration, trials, trial, **info) -> None:
-        self._row(trial).status = "RUNNING"
-        self._refresh()
+    on_trial_restore = on_trial_start
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        row = self._row(trial)
-        row.status = "RUNNING"
-        row.epoch = int(result.get("epoch", row.epoch - 1)) + 1
-        value = result.get(self.spec.metric.name)
-        if value is not None:
-            row.current = float(value)
-            if _is_better(row.current, row.best, self.spec.metric.mode):
-                row.best = row.current
-        row.flip_ratio = float(result.get("flip_ratio", math.nan))
-        self._refresh()
+        row = self._trial(trial)
+        if result.get(USER_ERROR_KEY):
+            row.status, row.error = "FAILED", str(result[USER_ERROR_KEY])
+        else:
+            row.status = "RUNNING"
+            self._record(row, result)
+        self.notify()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._row(trial).status = "TERMINATED"
-        self._refresh()
+        row = self._trial(trial)
+        if row.status != "FAILED":
+            row.status = "FINISHED"
+        self.notify()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        row = self._row(trial)
-        row.status = "ERROR"
-        row.error = str(getattr(trial, "error_file", "") or "")
-        self._refresh()
+        self._trial(trial).status = "FAILED"
+        self.notify()

@@ -116,7 +116,15 @@ class TrackingSpec(_Strict):
 
 
 class CheckpointSpec(_Strict):
-    every: int = Field(1, gt=0, description="checkpoint every N epochs")
+    """When trials checkpoint: always after their last epoch, and in between when
+    ``every_s`` seconds have passed since the last checkpoint or every ``every``
+    epochs (either may be null). A crash loses at most that much training, never a
+    logged epoch."""
+
+    every: int | None = Field(None, gt=0, description="also checkpoint every N epochs")
+    every_s: float | None = Field(
+        60.0, gt=0, description="checkpoint when this many seconds passed since the last one"
+    )
     keep: int = Field(2, gt=0, description="checkpoints kept per trial")
 
 

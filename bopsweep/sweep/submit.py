@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bopsweep.errors import UserError
-from bopsweep.sweep.tracking import credential_env
+from bopsweep.sweep.mlflow_client import credential_env
 
 AGENT_WAIT_S = 120
 # Large or private things that must not be uploaded with the working directory.

@@ -5,8 +5,8 @@ Every trial's per-epoch metrics are also in its local results (Ray's
 down for longer than a trial could wait, this reads them back and sends each
 trial's missing epochs into its child run (found by its trial key, created if it
 never reached the server), settles every run's status, and writes the sweep's
-summary to the parent run. Epochs the server already holds are skipped, so a sync
-can be repeated safely.
+summary and report to the parent run. Epochs the server already holds are skipped,
+so a sync can be repeated safely. No Ray instance is started.
 """
 
 from __future__ import annotations
@@ -19,16 +19,12 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from bopsweep.config import TrainConfig
 from bopsweep.errors import UserError
-from bopsweep.sweep import tracking
+from bopsweep.sweep import mlflow_client
+from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
+from bopsweep.sweep.ray_backend import TIMING_PREFIX, USER_ERROR_KEY
 from bopsweep.sweep.spec import SweepSpec, Trial
-from bopsweep.sweep.tuner import (
-    STATE_FILE,
-    SweepOutcome,
-    finish_parent,
-    read_state,
-    settle_trials,
-    write_sweep_report,
-)
+from bopsweep.sweep.state import STATE_FILE, SweepFolder
+from bopsweep.sweep.tracking import TrialTracker
 
 # What Ray adds to every reported result; the rest are bopsweep's own metrics.
 RAY_RESULT_KEYS = {
@@ -38,6 +34,7 @@ RAY_RESULT_KEYS = {
     "should_checkpoint",
     "experiment_tag",
     "iterations_since_restore",
+    USER_ERROR_KEY,
 }
 
 
@@ -51,59 +48,67 @@ def _results(trial_dir: Path) -> list[dict]:
     path = trial_dir / "result.json"
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            rows.append(json.loads(line))
-    return rows
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _epoch_metrics(row: dict) -> dict[str, float]:
+    return {
+        k: v
+        for k, v in row.items()
+        if k not in RAY_RESULT_KEYS
+        and not k.startswith(TIMING_PREFIX)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+    }
 
 
 def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> SyncReport:
-    folder = Path(storage) / name
-    state = read_state(storage, name)
+    folder = SweepFolder(storage, name)
+    state = folder.read_state()
     if state is None:
         raise UserError(
-            f"no sweep {name!r} under {storage}: expected {folder / STATE_FILE} "
+            f"no sweep {name!r} under {storage}: expected {folder.path}/{STATE_FILE} "
             "(pass --storage where the sweep's results are)"
         )
     uri = tracking_uri or state["tracking_uri"]
-    tracking.check_connection(uri)
+    mlflow_client.check_connection(uri)
     spec = SweepSpec.model_validate(state["spec"])
-    exp_id, parent_id = state["experiment_id"], state["parent_run_id"]
-    trials: list[Trial] = []
-    statuses: dict[int, str] = {}
+    outcome = SweepOutcome(
+        spec.name,
+        spec.metric.name,
+        spec.metric.mode,
+        uri,
+        state["experiment_id"],
+        state["parent_run_id"],
+        storage,
+    )
+    wanted: dict[int, str] = {}
     errors: dict[int, str] = {}
     sent = 0
-    for trial_dir in sorted(folder.glob("trial_*")):
-        rows = _results(trial_dir)
+    for trial_dir in sorted(Path(folder.path).glob("trial_*")):
+        rows = [r for r in _results(trial_dir) if "epoch" in r]
         if not rows:
             continue
         trial_cfg = rows[-1]["config"]["trial"]
         train = TrainConfig.model_validate(trial_cfg["train"])
         trial = Trial(trial_cfg["index"], trial_cfg["swept"], train)
-        trials.append(trial)
         hparams = train.resolved_hparams()
-        tracker = tracking.TrialTracker(
+        outcome.trials.append(
+            TrialOutcome(trial.index, dict(trial.swept), epochs_total=hparams.epochs)
+        )
+        tracker = TrialTracker(
             uri,
-            exp_id,
-            parent_id,
+            outcome.experiment_id,
+            outcome.parent_run_id,
             trial.index,
             trial.name,
             tags={f"swept.{k}": str(v) for k, v in trial.swept.items()},
-            params=tracking.flatten({**train.model_dump(), "hparams": hparams.model_dump()}),
+            params=mlflow_client.flatten({**train.model_dump(), "hparams": hparams.model_dump()}),
         )
         for row in sorted(rows, key=lambda r: r["epoch"]):
             if row["epoch"] <= tracker.last_step:
                 continue
-            metrics = {
-                k: v
-                for k, v in row.items()
-                if k not in RAY_RESULT_KEYS
-                and isinstance(v, int | float)
-                and not isinstance(v, bool)
-            }
-            tracker.log_epoch(metrics, step=int(row["epoch"]))
+            tracker.log_epoch(_epoch_metrics(row), step=int(row["epoch"]))
             sent += 1
         drained = tracker.flush(timeout_s=60)
         tracker.close()
@@ -111,15 +116,17 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
             raise UserError(f"the tracking server at {uri} stopped answering during the sync")
         error_file = trial_dir / "error.txt"
         if error_file.is_file():
-            statuses[trial.index] = "ERROR"
+            wanted[trial.index] = "FAILED"
             errors[trial.index] = error_file.read_text()[-2000:]
         elif max(r["epoch"] for r in rows) + 1 >= hparams.epochs:
-            statuses[trial.index] = "TERMINATED"
+            wanted[trial.index] = "FINISHED"
         else:
-            statuses[trial.index] = "UNFINISHED"
-    outcome = SweepOutcome(spec, uri, exp_id, parent_id, storage)
-    outcome.outcomes = settle_trials(outcome, trials, statuses, errors)
-    outcome.interrupted = any(s == "UNFINISHED" for s in statuses.values())
-    finish_parent(outcome)
-    write_sweep_report(outcome)
+            wanted[trial.index] = "KILLED"
+    from bopsweep.sweep.report import HISTORY_METRICS, render
+
+    outcome.interrupted = any(status == "KILLED" for status in wanted.values())
+    mlflow_client.settle_runs(outcome, wanted, errors, (outcome.metric, *HISTORY_METRICS))
+    mlflow_client.finish_parent(outcome)
+    if outcome.trials:
+        render(outcome, Path(folder.path) / "report", log_to_parent=True)
     return SyncReport(outcome, sent)

@@ -1,4 +1,4 @@
-"""MLflow tracking: one parent run per sweep, one child run per trial.
+"""The writer of a trial's MLflow child run, from wherever the trial runs.
 
 Child runs are created and written from inside the trial, so trials on remote Ray
 workers log straight to the tracking server. Every write that matters is keyed so
@@ -13,189 +13,22 @@ that it can be repeated safely:
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from bopsweep.errors import UserError
-
-PARENT_TAG = "mlflow.parentRunId"
-TRIAL_KEY_TAG = "bopsweep.trial_key"
-SWEEP_TAG = "bopsweep.sweep"
-ROLE_TAG = "bopsweep.role"
-TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-
-# MLflow reads credentials from these; they travel to Ray workers only as runtime
-# environment variables, never in configs, params or command lines.
-CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-
-
-def credential_env() -> dict[str, str]:
-    """The MLflow credentials this process uses, as environment variables: from the
-    environment, or else from MLflow's credentials file (``~/.mlflow/credentials``),
-    which other machines of a cluster do not have."""
-    from mlflow.utils.credentials import read_mlflow_creds
-
-    env = {k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)}
-    creds = read_mlflow_creds()
-    if creds.username and creds.password and "MLFLOW_TRACKING_TOKEN" not in env:
-        env["MLFLOW_TRACKING_USERNAME"] = creds.username
-        env["MLFLOW_TRACKING_PASSWORD"] = creds.password
-    return env
-
-
-def default_tracking_uri() -> str:
-    """MLflow's own default, made absolute: Ray workers run in other directories."""
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def resolve_tracking_uri(cli_uri: str | None, spec_uri: str | None) -> str:
-    """``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > the spec > the local default."""
-    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec_uri
-    if not uri:
-        return default_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # A relative sqlite path would resolve against each worker's own directory.
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
-    return uri
-
-
-def is_local_uri(uri: str) -> bool:
-    """A store only this machine can reach (a file or sqlite database)."""
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
-
-
-def client(uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def is_auth_error(error: BaseException) -> bool:
-    """The server refused the credentials (or their absence): retrying cannot help.
-
-    Decided by MLflow's error code (HTTP 401 / 403), not the message, which may
-    quote run ids and URLs."""
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(error, MlflowException) and error.error_code in (
-        "UNAUTHENTICATED",
-        "PERMISSION_DENIED",
-    )
-
-
-def check_connection(uri: str) -> None:
-    """Fail at start, with a clear message, when the server is unreachable or the
-    credentials are wrong; not in the middle of a sweep."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client(uri).search_experiments(max_results=1)
-    except MlflowException as error:
-        text = str(error)
-        if is_auth_error(error):
-            raise UserError(
-                f"MLflow at {uri} refused the credentials: set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
-            ) from None
-        raise UserError(f"cannot reach the MLflow tracking server at {uri}: {text[:300]}") from None
-
-
-def experiment_id(uri: str, name: str) -> str:
-    mlflow_client = client(uri)
-    experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise UserError(
-                f"MLflow experiment {name!r} is deleted: restore it or pick another name"
-            )
-        return experiment.experiment_id
-    return mlflow_client.create_experiment(name)
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as dot-path keys (MLflow params are flat)."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{path}."))
-        else:
-            out[path] = value
-    return out
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _params(values: Mapping[str, Any]):
-    from mlflow.entities import Param
-
-    # MLflow caps param values at 6000 characters.
-    return [Param(k, str(v)[:6000]) for k, v in values.items()]
-
-
-def log_params(uri: str, run_id: str, values: Mapping[str, Any]) -> None:
-    items = _params(values)
-    mlflow_client = client(uri)
-    for start in range(0, len(items), 100):  # log_batch takes at most 100 params
-        mlflow_client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
-
-
-def start_parent_run(
-    uri: str,
-    experiment: str,
-    name: str,
-    *,
-    tags: Mapping[str, str],
-    params: Mapping[str, Any],
-    artifacts: Mapping[str, str],
-) -> tuple[str, str]:
-    """Create the sweep's parent run; returns ``(experiment_id, run_id)``."""
-    exp_id = experiment_id(uri, experiment)
-    mlflow_client = client(uri)
-    run = mlflow_client.create_run(
-        exp_id, run_name=name, tags={**tags, SWEEP_TAG: name, ROLE_TAG: "sweep"}
-    )
-    run_id = run.info.run_id
-    log_params(uri, run_id, params)
-    for artifact_file, text in artifacts.items():
-        mlflow_client.log_text(run_id, text, artifact_file)
-    return exp_id, run_id
-
-
-def child_runs(uri: str, exp_id: str, parent_run_id: str) -> list:
-    """Every child run of a parent (all pages)."""
-    mlflow_client = client(uri)
-    runs, token = [], None
-    while True:
-        page = mlflow_client.search_runs(
-            [exp_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=1000, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def unreachable_errors() -> tuple[type[BaseException], ...]:
-    """What a down, restarting or erroring server raises through MlflowClient."""
-    import requests
-    from mlflow.exceptions import MlflowException
-
-    return (MlflowException, requests.exceptions.RequestException, OSError)
+from bopsweep.sweep.mlflow_client import (
+    PARENT_TAG,
+    ROLE_TAG,
+    TRIAL_KEY_TAG,
+    client,
+    is_auth_error,
+    log_params,
+    trial_key,
+    unreachable_errors,
+)
 
 
 class TrialTracker:
@@ -237,7 +70,7 @@ class TrialTracker:
         self.uri = uri
         self.exp_id = exp_id
         self.parent_run_id = parent_run_id
-        self.trial_key = f"{parent_run_id}:{trial_index}"
+        self.trial_key = trial_key(parent_run_id, trial_index)
         self.run_name = run_name
         self.tags = dict(tags or {})
         self.params = dict(params or {})
@@ -316,7 +149,7 @@ class TrialTracker:
             )
         run_id = run.info.run_id
         if self.params and not run.data.params:
-            log_params(self.uri, run_id, self.params)
+            log_params(self.client, run_id, self.params)
         self.run_id = run_id
         with self._state:
             self.pending_tags = {**self.tags, **self.pending_tags}

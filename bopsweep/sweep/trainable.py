@@ -3,20 +3,33 @@
 The trial sees only its config (Ray Tune's convention): the training config, its
 index and swept values, and where to track. It sets torch's thread count to its
 CPU share, so concurrent trials on one node do not oversubscribe the cores. It
-reports every epoch with ``tune.report``, attaching a checkpoint (model, optimizer
-with Bop's state and schedules, RNG states, epoch, MLflow run id) every
-``checkpoint.every`` epochs; a retried trial resumes from there and keeps logging
-into the same MLflow child run. File-backed datasets come from the node's shared
-copy in Ray's object store when the driver set one up (``datacache``).
+reports every epoch with ``tune.report``. Checkpoints (model, optimizer with Bop's
+state and schedules, RNG states, epoch, MLflow run id) cost a save and a copy, so
+they are taken when ``checkpoint.every_s`` seconds have passed since the last one,
+every ``checkpoint.every`` epochs if set, and always after the last epoch. A
+retried trial resumes from its last checkpoint and keeps logging into the same
+MLflow child run; epochs it trains again are not logged twice (the tracker skips
+steps the run holds), so nothing is lost or duplicated.
+
+A :class:`~bopsweep.errors.UserError` (missing data, a bad value) would fail the
+same way on every retry and in every trial: the trial reports it and ends, and the
+driver stops the sweep with that one message.
+
+Extension point: ``BOPSWEEP_TRIAL_CALLBACKS`` names extra training callbacks as
+``module:factory`` (comma-separated); each factory is called with the trial index
+and returns a :class:`~bopsweep.train.Callback` or None. Profilers and the fault
+injection of the reliability tests (:mod:`bopsweep.testing`) plug in there.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +37,16 @@ import torch
 from ray import tune
 
 from bopsweep.config import TrainConfig
-from bopsweep.errors import TrainingDiverged
+from bopsweep.errors import TrainingDiverged, UserError
 from bopsweep.sweep import datacache
-from bopsweep.sweep.tracking import TrialTracker, flatten
+from bopsweep.sweep.mlflow_client import flatten
+from bopsweep.sweep.ray_backend import TIMING_PREFIX, USER_ERROR_KEY
+from bopsweep.sweep.tracking import TrialTracker
 from bopsweep.train import Callback, Trainer
 
 STATE_FILE = "trainer.pt"
 META_FILE = "meta.json"
+CALLBACKS_ENV = "BOPSWEEP_TRIAL_CALLBACKS"
 
 
 def _placement_tags() -> dict[str, str]:
@@ -54,40 +70,98 @@ def _placement_tags() -> dict[str, str]:
     return tags
 
 
-class _ReportToTune(Callback):
-    def __init__(self, tracker: TrialTracker, every: int) -> None:
-        self.tracker = tracker
+class CheckpointPolicy:
+    """When to attach a checkpoint: after ``every_s`` seconds, every ``every``
+    epochs (if set), and after the last epoch."""
+
+    def __init__(self, every: int | None, every_s: float | None) -> None:
         self.every = every
+        self.every_s = every_s
+        self.last = time.monotonic()
+
+    def due(self, epoch: int, last_epoch: bool) -> bool:
+        if last_epoch:
+            return True
+        if self.every is not None and epoch % self.every == 0:
+            return True
+        return self.every_s is not None and time.monotonic() - self.last >= self.every_s
+
+    def taken(self) -> None:
+        self.last = time.monotonic()
+
+
+class _ReportToTune(Callback):
+    def __init__(self, tracker: TrialTracker, policy: CheckpointPolicy, timings: dict) -> None:
+        self.tracker = tracker
+        self.policy = policy
+        self.timings = timings
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         # Queued for the tracker's sender thread; the epoch does not wait for it.
         self.tracker.log_epoch(metrics, step=int(metrics["epoch"]))
+        self.timings["train_s"] += float(metrics.get("epoch_time_s", 0.0))
         last = trainer.epoch >= trainer.hparams.epochs
-        if trainer.epoch % self.every and not last:
-            tune.report(metrics)
+        if last:
+            # Sent before the last report, so that Ray's record of the trial
+            # includes the wait for the tracking server.
+            started = time.perf_counter()
+            self.tracker.flush()
+            self.timings["drain_s"] += time.perf_counter() - started
+        if not self.policy.due(trainer.epoch, last):
+            tune.report({**metrics, **_timing_keys(self.timings)})
             return
+        started = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
             torch.save(trainer.state_dict(), Path(folder) / STATE_FILE)
             meta = {"run_id": self.tracker.run_id, "epoch": trainer.epoch}
             (Path(folder) / META_FILE).write_text(json.dumps(meta))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            checkpoint = tune.Checkpoint.from_directory(folder)
+            # Ray copies the folder to the sweep's storage inside report().
+            self.timings["checkpoints"] += 1
+            self.timings["checkpoint_s"] += time.perf_counter() - started
+            tune.report({**metrics, **_timing_keys(self.timings)}, checkpoint=checkpoint)
+        self.policy.taken()
+
+
+def _timing_keys(timings: dict) -> dict[str, float]:
+    return {f"{TIMING_PREFIX}{k}": float(v) for k, v in timings.items()}
 
 
 def _threads(cpus: float) -> int:
     return max(1, int(cpus))
 
 
+def extra_callbacks(trial_index: int) -> list[Callback]:
+    """The callbacks named by ``BOPSWEEP_TRIAL_CALLBACKS`` (see the module docstring)."""
+    callbacks = []
+    for entry in filter(None, os.environ.get(CALLBACKS_ENV, "").split(",")):
+        module, _, name = entry.strip().partition(":")
+        factory = getattr(importlib.import_module(module), name)
+        callback = factory(trial_index)
+        if callback is not None:
+            callbacks.append(callback)
+    return callbacks
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """The Ray Tune function trainable of every bopsweep sweep."""
+    entered = time.perf_counter()
     trial, sweep = config["trial"], config["sweep"]
     torch.set_num_threads(_threads(sweep["cpus_per_trial"]))
     # The tracker retries with its own backoff, between epochs; MLflow's client must
     # not block training for minutes retrying a server that is down.
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
-    train_config = TrainConfig.model_validate(trial["train"])
-    data = datacache.shared_dataset(sweep["parent_run_id"], train_config)
-    trainer = Trainer(train_config, data)
+    timings = {"setup_s": 0.0, "train_s": 0.0, "checkpoint_s": 0.0, "checkpoints": 0}
+    timings["drain_s"] = 0.0
+    try:
+        train_config = TrainConfig.model_validate(trial["train"])
+        data = datacache.shared_dataset(sweep["parent_run_id"], train_config)
+        trainer = Trainer(train_config, data)
+    except UserError as error:
+        # Deterministic: every retry and every other trial would fail the same way.
+        tune.report({USER_ERROR_KEY: str(error)})
+        return
     resolved = {**train_config.model_dump(), "hparams": trainer.hparams.model_dump()}
     tracker = TrialTracker(
         sweep["tracking_uri"],
@@ -112,12 +186,17 @@ def run_trial(config: dict[str, Any]) -> None:
         # checkpoint's history; the steps the run already holds are skipped.
         for metrics in trainer.history:
             tracker.log_epoch(metrics, step=int(metrics["epoch"]))
-    fault_epoch = os.environ.get("BOPSWEEP_FAULT_KILL_AT_EPOCH")
-    callbacks: list[Callback] = [_ReportToTune(tracker, sweep["checkpoint_every"])]
-    if fault_epoch is not None:
-        callbacks.append(_KillAtEpoch(int(fault_epoch), trial["index"]))
+    policy = CheckpointPolicy(sweep.get("checkpoint_every"), sweep.get("checkpoint_every_s"))
+    callbacks: list[Callback] = [_ReportToTune(tracker, policy, timings)]
+    callbacks += extra_callbacks(trial["index"])
+    timings["setup_s"] = time.perf_counter() - entered
     try:
         trainer.fit(callbacks)
+    except UserError as error:
+        tracker.set_tags({"bopsweep.failure": str(error)})
+        tracker.finish("FAILED")
+        tune.report({USER_ERROR_KEY: str(error)})
+        return
     except Exception as error:
         reason = (
             str(error)
@@ -140,20 +219,3 @@ def run_trial(config: dict[str, Any]) -> None:
             f"{sweep['tracking_uri']}: {tracker.refused or 'the server did not answer'}",
             file=sys.stderr,
         )
-
-
-class _KillAtEpoch(Callback):
-    """Fault injection for the reliability tests: the first attempt of trial
-    ``BOPSWEEP_FAULT_TRIAL`` (default 0) SIGKILLs its own worker in the middle of
-    epoch k (after its second batch); ``BOPSWEEP_FAULT_MARKER`` records that it did."""
-
-    def __init__(self, epoch: int, trial_index: int) -> None:
-        self.epoch = epoch
-        self.armed = trial_index == int(os.environ.get("BOPSWEEP_FAULT_TRIAL", "0"))
-
-    def on_batch_end(self, trainer: Trainer, step: int) -> None:
-        marker = Path(os.environ.get("BOPSWEEP_FAULT_MARKER", "/nonexistent"))
-        if self.armed and trainer.epoch == self.epoch and step == 1 and not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text("killed once")
-            os.kill(os.getpid(), 9)

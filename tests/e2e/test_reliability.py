@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from bopsweep import testing
 from tests.e2e.conftest import BIN, bopsweep, grid, start_mlflow_server, sweep_file
 
 pytestmark = pytest.mark.e2e
@@ -80,9 +81,10 @@ def test_killed_worker_resumes_into_the_same_run(mlflow_server, workdir, tmp_pat
         mlflow_server.uri,
         cwd=workdir,
         env={
-            "BOPSWEEP_FAULT_KILL_AT_EPOCH": "2",
-            "BOPSWEEP_FAULT_TRIAL": "0",
-            "BOPSWEEP_FAULT_MARKER": str(marker),
+            "BOPSWEEP_TRIAL_CALLBACKS": testing.KILL_CALLBACK,
+            testing.KILL_AT_EPOCH_ENV: "2",
+            testing.KILL_TRIAL_ENV: "0",
+            testing.KILL_MARKER_ENV: str(marker),
         },
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -15,8 +15,8 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from bopsweep.sweep.runner import RunOptions, run_sweep
 from bopsweep.sweep.spec import load_spec
-from bopsweep.sweep.tuner import run_sweep
 from tests.conftest import make_tiny_cifar10
 from tests.e2e.conftest import REPO
 
@@ -62,15 +62,15 @@ def test_sweep_file_runs_end_to_end(path, local_ray, tiny_data, tmp_path):
     overrides = [*COMMON, *smoke_overrides(path, tiny_data)]
     loaded = load_spec(path, overrides)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    outcome = run_sweep(loaded, tracking_uri=uri, storage=str(tmp_path / "results"))
-    assert not outcome.interrupted and outcome.tracking_error is None
-    assert [o.status for o in outcome.outcomes] == ["FINISHED"] * len(outcome.outcomes), [
-        (o.trial.name, o.error) for o in outcome.failed
+    outcome = run_sweep(loaded, RunOptions(tracking_uri=uri, storage=str(tmp_path / "results")))
+    assert not outcome.interrupted and outcome.tracking_error is None and not outcome.stopped
+    assert [t.status for t in outcome.trials] == ["FINISHED"] * len(outcome.trials), [
+        (t.name, t.error) for t in outcome.failed
     ]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(loaded.spec.experiment)
     children = client.search_runs([exp.experiment_id], "tags.`bopsweep.role` = 'trial'")
-    assert len(children) == len(outcome.outcomes) >= 1
+    assert len(children) == len(outcome.trials) >= 1
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [0]
         # CIFAR-10 is read once on the node and shared; the others are each trial's own.

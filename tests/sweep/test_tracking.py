@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from bopsweep.sweep import tracking
+from bopsweep.sweep import mlflow_client, tracking
 from tests.e2e.conftest import free_port
 
 
 def _parent(uri: str) -> tuple[str, str]:
-    exp_id = tracking.experiment_id(uri, "tracker-test")
-    _, parent = tracking.start_parent_run(
+    return mlflow_client.start_parent_run(
         uri, "tracker-test", "sweep", tags={}, params={}, artifacts={}
     )
-    return exp_id, parent
 
 
 def _epoch(step: int) -> dict[str, float]:
@@ -37,10 +35,10 @@ def test_epochs_arrive_in_order_and_the_run_finishes(store):
     assert tracker.finish("FINISHED")
     assert not tracker._sender.is_alive()
 
-    client = tracking.client(store)
+    client = mlflow_client.client(store)
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags[tracking.PARENT_TAG] == parent
+    assert run.data.tags[mlflow_client.PARENT_TAG] == parent
     assert run.data.tags["swept.gamma"] == "0.001"
     assert run.data.tags["bopsweep.note"] == "done"
     assert run.data.params == {"lr": "0.1"}
@@ -63,9 +61,9 @@ def test_a_resumed_trial_sends_only_the_steps_the_run_lacks(store):
     for step in range(2, 7):  # resumed from an earlier checkpoint: 2 and 3 again
         again.log_epoch(_epoch(step), step=step)
     assert again.finish("FINISHED")
-    history = tracking.client(store).get_metric_history(again.run_id, "loss")
+    history = mlflow_client.client(store).get_metric_history(again.run_id, "loss")
     assert [m.step for m in history] == list(range(7))
-    runs = tracking.child_runs(store, exp_id, parent)
+    runs = mlflow_client.child_runs(mlflow_client.client(store), exp_id, parent)
     assert len(runs) == 1
 
 

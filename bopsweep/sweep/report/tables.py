@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome, format_value
+from bopsweep.sweep.outcome import FLIP_METRIC, SweepOutcome, TrialOutcome, format_value
 from bopsweep.sweep.report.grid import swept_key_order
 
 STATUS_STYLES = {"FINISHED": "green", "FAILED": "red", "KILLED": "yellow", "RUNNING": "cyan"}
@@ -193,5 +193,39 @@ def leaderboard_table(
             _epochs_text(trial, metric),
             f"[{style}]{trial.status}[/]" if style else trial.status,
             run,
+        )
+    return table
+
+
+# ------------------------------------------------------------------ while it runs
+def _epochs_done(trial: TrialOutcome, metric: str) -> int:
+    series = trial.history.get(metric) or []
+    return series[-1][0] + 1 if series else 0
+
+
+def live_table(outcome: SweepOutcome):
+    """The sweep's progress as a compact table (the CLI refreshes it in place)."""
+    from rich.table import Table
+
+    metric, mode = outcome.metric, outcome.mode
+    done = sum(t.status in ("FINISHED", "FAILED", "KILLED") for t in outcome.trials)
+    table = Table(
+        title=f"{outcome.name}: {done}/{len(outcome.trials)} trials done", title_justify="left"
+    )
+    keys = outcome.swept_keys()
+    headers = ["trial", *(_label(k) for k in keys), "status", "epoch"]
+    for header in [*headers, metric, f"best ({mode})", FLIP_METRIC]:
+        table.add_column(header, justify="left" if header == "status" else "right")
+    for trial in sorted(outcome.trials, key=lambda t: t.index):
+        style = STATUS_STYLES.get(trial.status, "")
+        total = trial.epochs_total if trial.epochs_total is not None else "?"
+        table.add_row(
+            f"{trial.index:03d}",
+            *(format_value(trial.swept.get(k)) for k in keys),
+            f"[{style}]{trial.status}[/]" if style else trial.status,
+            f"{_epochs_done(trial, metric)}/{total}",
+            _fmt_metric(trial.final(metric)),
+            _fmt_metric(trial.best(metric, mode)),
+            _fmt_ratio(trial.final(FLIP_METRIC)),
         )
     return table

@@ -3,24 +3,22 @@ trials whose epochs did not all reach MLflow."""
 
 from __future__ import annotations
 
-import math
-
-from bopsweep.config import TrainConfig
-from bopsweep.sweep.spec import Trial
-from bopsweep.sweep.tracking import credential_env
-from bopsweep.sweep.tuner import TrialOutcome, short_trials
+from bopsweep.sweep.mlflow_client import credential_env
+from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
+from bopsweep.sweep.runner import short_trials
 
 
-def _outcome(index: int, epochs: int) -> TrialOutcome:
-    trial = Trial(index, {"hparams.gamma": 1e-3}, TrainConfig(model="mlp"))
-    return TrialOutcome(trial, "FINISHED", epochs, math.nan, math.nan, math.nan)
+def _trial(index: int, epochs: int) -> TrialOutcome:
+    history = {"val_accuracy": [(step, 0.5) for step in range(epochs)]}
+    return TrialOutcome(index, {"hparams.gamma": 1e-3}, "FINISHED", history)
 
 
 def test_trials_that_logged_fewer_epochs_than_they_ran_are_short():
-    outcomes = [_outcome(0, 3), _outcome(1, 0), _outcome(2, 2), _outcome(3, 0)]
+    outcome = SweepOutcome("s", "val_accuracy", "max", "sqlite:///x.db", "1", "p")
+    outcome.trials = [_trial(0, 3), _trial(1, 0), _trial(2, 2), _trial(3, 0)]
     # Trial 3 never reported to Ray (it never started): nothing is missing.
-    short = short_trials(outcomes, {0: 3, 1: 3, 2: 3})
-    assert [o.trial.index for o in short] == [1, 2]
+    short = short_trials(outcome, {0: 3, 1: 3, 2: 3})
+    assert [t.index for t in short] == [1, 2]
 
 
 def test_credentials_come_from_the_environment_or_mlflows_file(tmp_path, monkeypatch):

@@ -1,0 +1,391 @@
+"""Every way bopsweep reads and writes MLflow, outside a trial's own child run.
+
+Tracking URIs and their precedence, credentials (and how they travel to remote
+trials), the connection check that fails before a sweep starts, the sweep's parent
+run, paging through child runs, and reading a sweep back as a
+:class:`~bopsweep.sweep.outcome.SweepOutcome`. The trial's writer
+(:class:`~bopsweep.sweep.tracking.TrialTracker`) builds on this module; the runner,
+``report`` and ``sync`` use it, so they agree on tags, paging and summary metrics.
+MLflow itself is imported only when a function needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bopsweep.errors import UserError
+from bopsweep.sweep.outcome import TERMINAL_STATUSES, SweepOutcome, TrialOutcome
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_KEY_TAG = "bopsweep.trial_key"
+SWEEP_TAG = "bopsweep.sweep"
+ROLE_TAG = "bopsweep.role"
+SWEPT_PREFIX = "swept."
+
+# MLflow reads credentials from these; they travel to Ray workers only as runtime
+# environment variables, never in configs, params or command lines.
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+# ------------------------------------------------------------------------ URIs
+def default_tracking_uri() -> str:
+    """MLflow's own default, made absolute: Ray workers run in other directories."""
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(cli_uri: str | None, spec_uri: str | None) -> str:
+    """``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > the spec > the local default."""
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec_uri
+    if not uri:
+        return default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # A relative sqlite path would resolve against each worker's own directory.
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def is_local_uri(uri: str) -> bool:
+    """A store only this machine can reach (a file or sqlite database)."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///").partition("?")[0])
+    return None
+
+
+def credential_env() -> dict[str, str]:
+    """The MLflow credentials this process uses, as environment variables: from the
+    environment, or else from MLflow's credentials file (``~/.mlflow/credentials``),
+    which other machines of a cluster do not have."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    env = {k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)}
+    creds = read_mlflow_creds()
+    if creds.username and creds.password and "MLFLOW_TRACKING_TOKEN" not in env:
+        env["MLFLOW_TRACKING_USERNAME"] = creds.username
+        env["MLFLOW_TRACKING_PASSWORD"] = creds.password
+    return env
+
+
+# ---------------------------------------------------------------------- client
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def is_auth_error(error: BaseException) -> bool:
+    """The server refused the credentials (or their absence): retrying cannot help.
+
+    Decided by MLflow's error code (HTTP 401 / 403), not the message, which may
+    quote run ids and URLs."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(error, MlflowException) and error.error_code in (
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+    )
+
+
+def unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What a down, restarting or erroring server raises through MlflowClient."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, requests.exceptions.RequestException, OSError)
+
+
+def check_connection(uri: str) -> None:
+    """Fail at start, with a clear message, when the server is unreachable or the
+    credentials are wrong; not in the middle of a sweep."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(uri).search_experiments(max_results=1)
+    except MlflowException as error:
+        if is_auth_error(error):
+            raise UserError(
+                f"MLflow at {uri} refused the credentials: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+            ) from None
+        raise UserError(
+            f"cannot reach the MLflow tracking server at {uri}: {str(error)[:300]}"
+        ) from None
+
+
+def check_local_store(uri: str, *, must_exist: bool) -> None:
+    """A local store this process can use, without opening it (cheap: no MLflow).
+
+    ``must_exist``: reading a sweep back from a missing sqlite file would create an
+    empty store where the user expected their sweeps."""
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    if must_exist and not path.is_file():
+        raise UserError(
+            f"no MLflow store at {path}: run a sweep here first, or pass --tracking-uri "
+            "(or set MLFLOW_TRACKING_URI) to where the sweep was tracked"
+        )
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UserError(
+            f"cannot write the MLflow store {path}: {folder} is not a writable folder; "
+            "pass --tracking-uri (or set MLFLOW_TRACKING_URI)"
+        )
+
+
+# ------------------------------------------------------------------- utilities
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dot-path keys (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def parse_tag_value(text: str) -> Any:
+    """A swept value as the trial saw it: tags hold ``str(value)``."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def all_pages(search: Callable[[str | None], Any]) -> list:
+    """Every page of a paged MLflow search (``search(page_token)``)."""
+    items, token = [], None
+    while True:
+        page = search(token)
+        items.extend(page)
+        token = page.token
+        if not token:
+            return items
+
+
+def log_params(mlflow_client, run_id: str, values: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    # MLflow caps param values at 6000 characters and log_batch at 100 params.
+    items = [Param(k, str(v)[:6000]) for k, v in values.items()]
+    for start in range(0, len(items), 100):
+        mlflow_client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
+
+
+# ------------------------------------------------------------------ parent run
+def experiment_id(mlflow_client, name: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise UserError(
+                f"MLflow experiment {name!r} is deleted: restore it or pick another name"
+            )
+        return experiment.experiment_id
+    return mlflow_client.create_experiment(name)
+
+
+def start_parent_run(
+    uri: str,
+    experiment: str,
+    name: str,
+    *,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    artifacts: Mapping[str, str],
+) -> tuple[str, str]:
+    """Create the sweep's parent run; returns ``(experiment_id, run_id)``."""
+    mlflow_client = client(uri)
+    exp_id = experiment_id(mlflow_client, experiment)
+    run = mlflow_client.create_run(
+        exp_id, run_name=name, tags={**tags, SWEEP_TAG: name, ROLE_TAG: "sweep"}
+    )
+    run_id = run.info.run_id
+    log_params(mlflow_client, run_id, params)
+    for artifact_file, text in artifacts.items():
+        mlflow_client.log_text(run_id, text, artifact_file)
+    return exp_id, run_id
+
+
+def settle_runs(
+    outcome: SweepOutcome,
+    wanted: Mapping[int, str],
+    errors: Mapping[int, str],
+    metrics: Iterable[str],
+) -> None:
+    """Give every trial's child run its final status and read the trials back.
+
+    ``wanted`` is each trial's status as the driver saw it end; a run still RUNNING
+    gets it (it was stopped by a scheduler, killed or interrupted: never left
+    RUNNING), a run the trial already ended keeps its own verdict unless the driver
+    saw it fail. ``outcome.trials`` becomes the trials with the histories of
+    ``metrics``.
+    """
+    mlflow_client = client(outcome.tracking_uri)
+    runs = {
+        t.index: t
+        for t in load_trials(mlflow_client, outcome.experiment_id, outcome.parent_run_id, metrics)
+    }
+    settled = []
+    for planned in outcome.trials:
+        status = wanted.get(planned.index, "KILLED")
+        trial = runs.get(planned.index) or TrialOutcome(planned.index, planned.swept)
+        if trial.run_id is not None and trial.status == "RUNNING":
+            mlflow_client.set_terminated(trial.run_id, status)
+        elif trial.run_id is not None and trial.status in TERMINAL_STATUSES:
+            status = trial.status if status == "FINISHED" else status
+        trial.status = status
+        trial.epochs_total = planned.epochs_total
+        trial.error = errors.get(planned.index) or trial.error
+        settled.append(trial)
+    outcome.trials = settled
+
+
+def finish_parent(outcome: SweepOutcome) -> None:
+    """Trial counts, the best trial's figures and the final status on the parent run."""
+    from mlflow.entities import Metric, RunTag
+
+    mlflow_client = client(outcome.tracking_uri)
+    counts = outcome.counts()
+    tags = [RunTag(f"bopsweep.trials_{s.lower()}", str(n)) for s, n in counts.items()]
+    metrics = [Metric(f"trials_{s.lower()}", n, 0, 0) for s, n in counts.items()]
+    best = outcome.best
+    if best is not None:
+        tags += [
+            RunTag("bopsweep.best_trial", best.name),
+            RunTag("bopsweep.best_run_id", str(best.run_id)),
+        ]
+        metrics += [Metric(k, v, 0, 0) for k, v in outcome.summary_metrics().items()]
+    mlflow_client.log_batch(outcome.parent_run_id, metrics=metrics, tags=tags, synchronous=True)
+    if outcome.interrupted:
+        status = "KILLED"
+    elif outcome.failed:
+        status = "FAILED"
+    else:
+        status = "FINISHED"
+    mlflow_client.set_terminated(outcome.parent_run_id, status)
+
+
+# ----------------------------------------------------------- finding a sweep
+def child_runs(mlflow_client, exp_id: str, parent_run_id: str) -> list:
+    """Every child run of a parent (all pages)."""
+    return all_pages(
+        lambda token: mlflow_client.search_runs(
+            [exp_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=1000, page_token=token
+        )
+    )
+
+
+def _sweep_parents(mlflow_client, experiment_ids: list[str], name: str | None) -> list:
+    condition = f"tags.`{ROLE_TAG}` = 'sweep'"
+    if name is not None:
+        condition += f" AND tags.`{SWEEP_TAG}` = '{name}'"
+    runs = []
+    # search_runs takes a bounded number of experiments per request.
+    for start in range(0, len(experiment_ids), 100):
+        chunk = experiment_ids[start : start + 100]
+        runs += all_pages(
+            lambda token, chunk=chunk: mlflow_client.search_runs(
+                chunk, condition, max_results=1000, page_token=token
+            )
+        )
+    return runs
+
+
+def find_parent_run(mlflow_client, name: str, experiment: str | None = None, uri: str = ""):
+    """The sweep's parent run: the latest run tagged ``bopsweep.sweep=<name>``, looked
+    for in ``experiment`` (default: the experiment named like the sweep), then in every
+    experiment; an unknown name is a UserError listing the sweeps that exist."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise UserError(f"{name!r} is neither a sweep name nor a spec file (.yaml)")
+    preferred = mlflow_client.get_experiment_by_name(experiment or name)
+    candidates = []
+    if preferred is not None and preferred.lifecycle_stage == "active":
+        candidates = _sweep_parents(mlflow_client, [preferred.experiment_id], name)
+    experiment_ids: list[str] = []
+    if not candidates:
+        experiments = all_pages(
+            lambda token: mlflow_client.search_experiments(max_results=1000, page_token=token)
+        )
+        experiment_ids = [e.experiment_id for e in experiments]
+        candidates = _sweep_parents(mlflow_client, experiment_ids, name)
+    if candidates:
+        return max(candidates, key=lambda run: (run.info.start_time or 0, run.info.run_id))
+    others = _sweep_parents(mlflow_client, experiment_ids, None)
+    known = sorted({r.data.tags.get(SWEEP_TAG, "?") for r in others})
+    where = f" in the MLflow store at {uri}" if uri else ""
+    if known:
+        raise UserError(f"no sweep named {name!r}{where}; sweeps there: {', '.join(known)}")
+    raise UserError(f"no sweep named {name!r}{where}: it holds no sweeps yet (run one first)")
+
+
+# ------------------------------------------------------- reading a sweep back
+def trial_key(parent_run_id: str, index: int) -> str:
+    return f"{parent_run_id}:{index}"
+
+
+def trial_index(run, fallback: int) -> int:
+    tail = run.data.tags.get(TRIAL_KEY_TAG, "").rpartition(":")[2]
+    if tail.isdigit():
+        return int(tail)
+    match = re.match(r"trial_(\d+)", run.info.run_name or "")
+    return int(match.group(1)) if match else fallback
+
+
+def metric_history(mlflow_client, run_id: str, metric: str) -> list[tuple[int, float]]:
+    """``(step, value)`` in step order; a step logged twice (a retried request)
+    counts once: the latest."""
+    latest: dict[int, tuple[int, float]] = {}
+    for m in mlflow_client.get_metric_history(run_id, metric):
+        if m.step not in latest or m.timestamp >= latest[m.step][0]:
+            latest[m.step] = (m.timestamp, m.value)
+    return [(step, latest[step][1]) for step in sorted(latest)]
+
+
+def trial_from_run(mlflow_client, run, position: int, metrics: Iterable[str]) -> TrialOutcome:
+    """A child run as a :class:`TrialOutcome` with the histories of ``metrics``."""
+    swept = {
+        key.removeprefix(SWEPT_PREFIX): parse_tag_value(value)
+        for key, value in run.data.tags.items()
+        if key.startswith(SWEPT_PREFIX)
+    }
+    trial = TrialOutcome(
+        index=trial_index(run, position),
+        swept=swept,
+        status=run.info.status,
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or run.info.run_id,
+        error=run.data.tags.get("bopsweep.failure"),
+    )
+    for name in dict.fromkeys(metrics):
+        if name in run.data.metrics:
+            trial.history[name] = metric_history(mlflow_client, run.info.run_id, name)
+    return trial
+
+
+def load_trials(mlflow_client, exp_id: str, parent_run_id: str, metrics: Iterable[str]):
+    """Every child run of the parent as a :class:`TrialOutcome`, by trial index."""
+    metrics = list(metrics)
+    runs = child_runs(mlflow_client, exp_id, parent_run_id)
+    trials = [trial_from_run(mlflow_client, run, i, metrics) for i, run in enumerate(runs)]
+    return sorted(trials, key=lambda t: t.index)

@@ -1,0 +1,308 @@
+"""Everything the sweep runner asks of Ray: start or connect, check, build, run, stop.
+
+A local sweep gets a private Ray instance on loopback with only what it needs (no
+dashboard, nothing listening beyond 127.0.0.1); a cluster is joined by address. Ray
+Tune runs the trials with the function trainable of :mod:`bopsweep.sweep.trainable`;
+the driver keeps Ray Tune's JSON results (``bopsweep sync`` reads them) and none of
+its other default loggers.
+A trial that hits a user error (missing data, a bad value) reports it and ends; a
+stopper then ends the whole sweep, since every other trial would hit it too.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from bopsweep.errors import UserError
+from bopsweep.sweep import mlflow_client
+from bopsweep.sweep.spec import SweepSpec, Trial
+
+# What a trial reports besides its metrics (see trainable.py): the user error that
+# stopped it, and where its time went.
+USER_ERROR_KEY = "bopsweep_user_error"
+TIMING_PREFIX = "timing/"
+# Ray Tune's own constants, set before it is imported:
+TUNE_ENV = {
+    # Its newer console output prints banners whatever the verbosity; the live
+    # table replaces them.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # bopsweep adds the one logger it needs (JSON results, read by `bopsweep sync`);
+    # CSV and TensorBoard files per result cost the driver time for nothing.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # A trial stopped by a user error reports no metric.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+}
+
+
+def configure_environment() -> None:
+    for key, value in TUNE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+# ------------------------------------------------------------------- start-up
+def start(address: str | None) -> bool:
+    """Start a private local Ray instance, or connect to a cluster; False when this
+    process was already connected (then it is not for the sweep to shut Ray down).
+
+    Ray must be initialised from the main thread (its core worker loses the GCS
+    otherwise), so the runner overlaps Ray's start with its other work by doing
+    that work in a thread instead."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    cwd = os.getcwd()
+    _init_ray(address or os.environ.get("RAY_ADDRESS"))
+    # As a Ray Job's driver, connecting can unpack the job's working directory anew
+    # at the same path, leaving this process in a deleted directory.
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        os.chdir(cwd)
+    return True
+
+
+def _error_chain(error: BaseException) -> str:
+    parts, seen = [], set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip()
+        if text and text not in parts:
+            parts.append(f"{type(current).__name__}: {text}")
+        current = current.__cause__ or current.__context__
+    return "; caused by ".join(parts)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        # Trials on a cluster run in worker processes started by each node's raylet,
+        # not by this process: the MLflow credentials go to them with the job's
+        # runtime environment (a Ray Job's driver already has the job's own).
+        env_vars = mlflow_client.credential_env()
+        in_a_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+        runtime_env = {"env_vars": env_vars} if env_vars and not in_a_job else None
+        try:
+            ray.init(address=address, runtime_env=runtime_env, **quiet)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as error:
+            raise UserError(_connect_message(address, error)) from None
+    else:
+        # address="local": never join a cluster that `ray start` left recorded here.
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+
+
+def _connect_message(address: str, error: BaseException) -> str:
+    cause = _error_chain(error)
+    message = f"cannot connect to the Ray cluster at {address}: {cause}"
+    auth = re.search(r"auth|token|unauthenticated", cause, re.IGNORECASE)
+    if auth or not os.environ.get("RAY_AUTH_TOKEN"):
+        message += (
+            ". If the cluster uses Ray's token authentication, give this shell its token: "
+            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=... (or RAY_AUTH_TOKEN_PATH=FILE)"
+        )
+    return message
+
+
+def local_gpu_count() -> int:
+    """GPUs a local Ray instance would find, without starting it or importing torch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    found = len(glob.glob("/proc/driver/nvidia/gpus/*"))
+    if visible is not None:
+        ids = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+        return min(len(ids), found) if found else 0
+    return found
+
+
+def check_cluster(spec: SweepSpec, tracking_uri: str, storage: str) -> None:
+    """Refuse a sweep the connected cluster cannot run, before any trial starts."""
+    import ray
+
+    resources = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    want_gpu, have_gpu = spec.resources.gpu, resources.get("GPU", 0.0)
+    if want_gpu > have_gpu:
+        raise UserError(gpu_message(want_gpu, have_gpu, "the Ray cluster"))
+    if spec.resources.cpu > resources.get("CPU", 0.0):
+        raise UserError(
+            f"each trial asks for {spec.resources.cpu:g} CPUs but the Ray cluster has "
+            f"{resources.get('CPU', 0.0):g}: lower resources.cpu (--set resources.cpu=1)"
+        )
+    if len(nodes) > 1:
+        if mlflow_client.is_local_uri(tracking_uri):
+            raise UserError(
+                f"the tracking URI {tracking_uri} is a local store, which workers on other "
+                "nodes cannot reach: start an MLflow server and pass --tracking-uri http://..."
+            )
+        if "://" not in storage:
+            logging.getLogger("bopsweep").warning(
+                "storage %s is a local path on a %d-node cluster: use a shared filesystem "
+                "mounted on every node, or an s3:// / gs:// URI",
+                storage,
+                len(nodes),
+            )
+
+
+def gpu_message(want: float, have: float, where: str) -> str:
+    return (
+        f"each trial asks for {want:g} GPU but {where} has {have:g}: run on a GPU "
+        "cluster (--address), or on CPU with --set resources.gpu=0 --set train.device=cpu"
+    )
+
+
+# ---------------------------------------------------------------- the Tuner
+def can_restore(experiment_path: str) -> bool:
+    """Whether Ray Tune left an experiment to restore there."""
+    if "://" not in experiment_path:
+        return bool(glob.glob(os.path.join(glob.escape(experiment_path), "experiment_state-*")))
+    from ray import tune
+
+    return tune.Tuner.can_restore(experiment_path)
+
+
+def trial_configs(trials: list[Trial]) -> list[dict[str, Any]]:
+    configs = []
+    for t in trials:
+        train = t.train.model_dump()
+        # Ray runs each trial in its own folder: a relative data_dir means the
+        # driver's working directory.
+        train["data_dir"] = str(Path(train["data_dir"]).expanduser().resolve())
+        configs.append({"index": t.index, "name": t.name, "swept": t.swept, "train": train})
+    return configs
+
+
+def _trainable(spec: SweepSpec):
+    from ray import tune
+
+    from bopsweep.sweep.trainable import run_trial
+
+    return tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _param_space(configs: list[dict[str, Any]], sweep_cfg: dict) -> dict:
+    from ray import tune
+
+    return {"trial": tune.grid_search(configs), "sweep": sweep_cfg}
+
+
+def _stopper():
+    from ray import tune
+
+    class StopOnUserError(tune.Stopper):
+        """Ends the sweep when a trial reported a user error: the others would too."""
+
+        def __init__(self) -> None:
+            self.stopped = False
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            if result.get(USER_ERROR_KEY):
+                self.stopped = True
+                return True
+            return False
+
+        def stop_all(self) -> bool:
+            return self.stopped
+
+    return StopOnUserError()
+
+
+def _callbacks(extra: list) -> list:
+    from ray.tune.logger import JsonLoggerCallback
+
+    return [JsonLoggerCallback(), *extra]
+
+
+def build_tuner(
+    spec: SweepSpec,
+    trials: list[Trial],
+    configs: list[dict[str, Any]],
+    sweep_cfg: dict,
+    storage: str,
+    callbacks: list,
+):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = None
+    if spec.scheduler is not None and spec.scheduler.type == "asha":
+        max_t = spec.scheduler.max_t or max(t.train.resolved_hparams().epochs for t in trials)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+            max_t=max_t,
+        )
+    return tune.Tuner(
+        _trainable(spec),
+        param_space=_param_space(configs, sweep_cfg),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric.name,
+            mode=spec.metric.mode,
+            scheduler=scheduler,
+            max_concurrent_trials=spec.max_concurrent_trials,
+            # Short trials would otherwise pay a new worker process (and torch import)
+            # each; the trainable sets all of its state itself.
+            reuse_actors=True,
+            trial_name_creator=lambda t: f"trial_{t.config['trial']['index']:03d}",
+            trial_dirname_creator=lambda t: f"trial_{t.config['trial']['index']:03d}",
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=storage,
+            stop=_stopper(),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+            callbacks=_callbacks(callbacks),
+            verbose=0,
+        ),
+    )
+
+
+def restore_tuner(spec: SweepSpec, experiment_path: str, configs: list, sweep_cfg: dict):
+    """The interrupted run, from its folder; the saved state brings back the trials,
+    the stopper and the callbacks."""
+    from ray import tune
+
+    return tune.Tuner.restore(
+        experiment_path,
+        _trainable(spec),
+        resume_unfinished=True,
+        param_space=_param_space(configs, sweep_cfg),
+    )
+
+
+def restored_trials(experiment_path: str) -> list:
+    from ray import tune
+
+    return tune.ExperimentAnalysis(experiment_path).trials
+
+
+def fit(tuner, experiment_path: str) -> tuple[list, dict[int, str]]:
+    """Run the trials; returns Ray's trials (status, config, last result) and the
+    error text of each failed one."""
+    results = tuner.fit()
+    errors = {}
+    for result in results:
+        if result.error is not None:
+            match = re.search(r"trial_(\d+)", str(result.path))
+            if match:
+                errors[int(match.group(1))] = str(result.error)
+    return restored_trials(experiment_path), errors
+
+
+def trial_index(ray_trial) -> int:
+    return int(ray_trial.config["trial"]["index"])
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,442 @@
+"""``bopsweep run``: a sweep, as the steps it goes through.
+
+1. **Preflight**: everything that can be known before Ray starts is checked here
+   (results folder writable, dataset files present, GPUs asked for vs the machine's,
+   the tracking store or server reachable with working credentials, resume state),
+   so that bad input ends in one message, not in trials that fail one by one.
+2. **Start**: Ray starts in the background while the MLflow parent run is opened
+   (or reopened, when resuming): the two fixed costs overlap.
+3. **Run**: Ray Tune runs the trials; a live model of the sweep goes to the listener.
+4. **Settle**: every child run gets its final status; the outcome is read back.
+5. **Report**: the parent run gets its summary and the report, while Ray shuts down.
+
+Each step records when it ended, so ``bopsweep bench`` can show where a sweep's
+time goes (``timeline.json`` in the results folder). Ray details live in
+:mod:`~bopsweep.sweep.ray_backend`, MLflow's in :mod:`~bopsweep.sweep.mlflow_client`,
+the results folder in :mod:`~bopsweep.sweep.state`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bopsweep import __version__
+from bopsweep.errors import UserError
+from bopsweep.sweep import logs, mlflow_client, ray_backend
+from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
+from bopsweep.sweep.spec import LoadedSpec, Trial, expand
+from bopsweep.sweep.state import Resume, SweepFolder, decide_resume, resolve_storage
+
+# Ray's trial statuses -> the run status of a trial that ended that way.
+RAY_TO_RUN_STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``bopsweep run`` takes besides the spec."""
+
+    tracking_uri: str | None = None
+    address: str | None = None
+    storage: str | None = None
+    restart: bool = False
+    verbose: bool = False
+
+
+def _process_start() -> float:
+    """When this process started (so imports count too), from Linux's /proc."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+@dataclass
+class Timeline:
+    """Wall-clock marks of a sweep's steps, from the process's start."""
+
+    process_start: float
+    marks: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls) -> Timeline:
+        timeline = cls(_process_start())
+        timeline.mark("runner")
+        return timeline
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.time()
+
+    def as_dict(self) -> dict[str, float]:
+        """Seconds since the process started, per mark."""
+        return {k: round(v - self.process_start, 3) for k, v in self.marks.items()}
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep ready to start: what preflight resolved and checked."""
+
+    loaded: LoadedSpec
+    trials: list[Trial]
+    tracking_uri: str
+    folder: SweepFolder
+    address: str | None
+    resume: Resume
+
+    @property
+    def spec(self):
+        return self.loaded.spec
+
+
+# ------------------------------------------------------------------ 1. preflight
+def preflight(loaded: LoadedSpec, options: RunOptions) -> SweepPlan:
+    """Check what can be checked before Ray starts; see the module docstring."""
+    from bopsweep.data import check_available
+
+    spec = loaded.spec
+    trials = expand(loaded)
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    folder = SweepFolder(resolve_storage(options.storage, spec.storage), spec.name)
+    folder.check_writable()
+    if not address:
+        # On a cluster the data and GPUs are on the nodes, not necessarily here.
+        for dataset, data_dir, download in sorted(
+            {(t.train.dataset, t.train.data_dir, t.train.download) for t in trials}
+        ):
+            check_available(dataset, Path(data_dir).expanduser().resolve(), download)
+        _check_local_resources(spec, trials)
+    uri = mlflow_client.resolve_tracking_uri(options.tracking_uri, spec.tracking.uri)
+    if mlflow_client.is_local_uri(uri):
+        mlflow_client.check_local_store(uri, must_exist=False)
+    else:
+        # MLflow's client retries a failed request for minutes by default; the driver
+        # should say the server is unreachable well before that.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        mlflow_client.check_connection(uri)
+    resume = decide_resume(
+        folder,
+        loaded.sha256,
+        uri,
+        restart=options.restart,
+        restorable=ray_backend.can_restore(folder.path),
+    )
+    return SweepPlan(loaded, trials, uri, folder, address, resume)
+
+
+def _check_local_resources(spec, trials: list[Trial]) -> None:
+    gpus = ray_backend.local_gpu_count()
+    if spec.resources.gpu > gpus:
+        raise UserError(ray_backend.gpu_message(spec.resources.gpu, gpus, "this machine"))
+    if gpus == 0 and any(t.train.device.startswith("cuda") for t in trials):
+        raise UserError(
+            "train.device asks for cuda but this machine has no GPU: "
+            "--set train.device=cpu (or auto)"
+        )
+    cpus = os.cpu_count() or 1
+    if spec.resources.cpu > cpus:
+        raise UserError(
+            f"each trial asks for {spec.resources.cpu:g} CPUs but this machine has {cpus}: "
+            "lower resources.cpu (--set resources.cpu=1)"
+        )
+
+
+# ---------------------------------------------------------------------- 2. start
+def _parent_params(loaded: LoadedSpec) -> dict[str, Any]:
+    """The fixed part of the spec, flattened (swept keys are the children's)."""
+    data = loaded.spec.model_dump(mode="json")
+    data.pop("parameters")
+    params = mlflow_client.flatten(data)
+    for key, param in loaded.spec.parameters.items():
+        shown = param.values if param.values is not None else param.value
+        params[f"parameters.{key}"] = shown if shown is not None else param.distribution
+    return params
+
+
+def open_parent_run(plan: SweepPlan) -> SweepOutcome:
+    """The sweep's MLflow parent run: reopened when resuming, else created (and the
+    resume state written next to the results)."""
+    import yaml
+
+    spec, uri = plan.spec, plan.tracking_uri
+    if plan.resume.resuming:
+        exp_id, parent_id = plan.resume.state["experiment_id"], plan.resume.state["parent_run_id"]
+        mlflow_client.client(uri).update_run(parent_id, status="RUNNING")
+    else:
+        tags = {
+            "bopsweep.spec_sha256": plan.loaded.sha256,
+            "bopsweep.version": __version__,
+            "mlflow.note.content": spec.description,
+        }
+        commit = mlflow_client.git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        resolved_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+        exp_id, parent_id = mlflow_client.start_parent_run(
+            uri,
+            spec.experiment,
+            spec.name,
+            tags=tags,
+            params=_parent_params(plan.loaded),
+            artifacts={
+                f"spec/{plan.loaded.path.name}": plan.loaded.text,
+                "spec/resolved.yaml": resolved_yaml,
+            },
+        )
+        plan.folder.write_state(
+            {
+                "spec_sha256": plan.loaded.sha256,
+                "experiment_id": exp_id,
+                "parent_run_id": parent_id,
+                "tracking_uri": uri,
+                "spec": spec.model_dump(mode="json"),
+            }
+        )
+    outcome = SweepOutcome(
+        spec.name, spec.metric.name, spec.metric.mode, uri, exp_id, parent_id, plan.folder.storage
+    )
+    outcome.trials = [
+        TrialOutcome(t.index, dict(t.swept), epochs_total=t.train.resolved_hparams().epochs)
+        for t in plan.trials
+    ]
+    return outcome
+
+
+def _prepare_in_background(plan: SweepPlan) -> SweepOutcome:
+    import ray.tune  # noqa: F401  (seconds of imports, off the main thread's path)
+
+    return open_parent_run(plan)
+
+
+# ------------------------------------------------------------------------ 3. run
+def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timeline):
+    """Ray Tune runs the trials; returns Ray's trials and each failed one's error."""
+    from bopsweep.sweep import datacache, progress
+
+    spec = plan.spec
+    configs = ray_backend.trial_configs(plan.trials)
+    sweep_cfg = {
+        "tracking_uri": outcome.tracking_uri,
+        "experiment_id": outcome.experiment_id,
+        "parent_run_id": outcome.parent_run_id,
+        "checkpoint_every": spec.checkpoint.every,
+        "checkpoint_every_s": spec.checkpoint.every_s,
+        "cpus_per_trial": spec.resources.cpu,
+        # How long a finished trial keeps retrying an unreachable tracking server.
+        "drain_timeout_s": float(os.environ.get("BOPSWEEP_TRACKING_DRAIN_S", "120")),
+    }
+    if plan.resume.resuming:
+        tuner = ray_backend.restore_tuner(spec, plan.folder.path, configs, sweep_cfg)
+        live = progress.LiveProgress(outcome)
+        live.sync(ray_backend.restored_trials(plan.folder.path))
+        extra: list = []
+    else:
+        live = progress.LiveProgress(outcome)
+        extra = [live]
+        tuner = ray_backend.build_tuner(
+            spec, plan.trials, configs, sweep_cfg, plan.folder.storage, extra
+        )
+    # One copy of a file-backed dataset per node, shared by its trials.
+    caches = datacache.start(outcome.parent_run_id, {t.train.dataset for t in plan.trials})
+    timeline.mark("tuner_built")
+    try:
+        with progress.listening(outcome.parent_run_id, listener):
+            if listener is not None:
+                listener(outcome)
+            return ray_backend.fit(tuner, plan.folder.path)
+    finally:
+        datacache.stop(caches)
+
+
+# --------------------------------------------------------------------- 4. settle
+def settle(plan: SweepPlan, outcome: SweepOutcome, ray_trials: list, errors: dict) -> None:
+    """Give every child run a final status and read the sweep's outcome back.
+
+    A run still RUNNING in MLflow was stopped by the scheduler, killed or
+    interrupted: it is never left RUNNING.
+    """
+    by_ray = {ray_backend.trial_index(t): t for t in ray_trials}
+    statuses = {i: t.status for i, t in by_ray.items()}
+    last_results = {i: (t.last_result or {}) for i, t in by_ray.items()}
+    user_errors = {
+        i: str(r[ray_backend.USER_ERROR_KEY])
+        for i, r in last_results.items()
+        if r.get(ray_backend.USER_ERROR_KEY)
+    }
+    if user_errors:
+        outcome.stopped = next(iter(user_errors.values()))
+    # Ray Tune catches Ctrl-C itself, saves the experiment and returns early:
+    # trials left neither finished nor errored mean the run was interrupted.
+    outcome.interrupted = not user_errors and any(
+        s not in ("TERMINATED", "ERROR") for s in statuses.values()
+    )
+    planned = {t.index: t.epochs_total for t in outcome.trials}
+
+    def ray_status(index: int) -> str:
+        status = RAY_TO_RUN_STATUS.get(statuses.get(index, "PENDING"), "KILLED")
+        if index in user_errors:
+            return "FAILED"
+        epochs = int(last_results.get(index, {}).get("epoch", -1)) + 1
+        if outcome.stopped and status == "FINISHED" and epochs < (planned[index] or 0):
+            return "KILLED"  # stopped with the sweep, not finished
+        return status
+
+    wanted = {t.index: ray_status(t.index) for t in outcome.trials}
+    try:
+        from bopsweep.sweep.report import HISTORY_METRICS
+
+        metrics = (outcome.metric, *HISTORY_METRICS)
+        mlflow_client.settle_runs(outcome, wanted, {**errors, **user_errors}, metrics)
+        reported = {i: int(r["epoch"]) + 1 for i, r in last_results.items() if "epoch" in r}
+        short = short_trials(outcome, reported)
+        if short:
+            # The trials could not log (credentials refused where they ran, a server
+            # their nodes cannot reach...), though this process can.
+            outcome.tracking_error = (
+                f"{len(short)} of {len(outcome.trials)} trials could not log all their "
+                "epochs from where they ran"
+            )
+        mlflow_client.finish_parent(outcome)
+    except mlflow_client.unreachable_errors() as error:
+        # Nothing is lost: every epoch is in the trials' local results.
+        outcome.tracking_error = f"{type(error).__name__}: {str(error)[:300]}"
+        for trial in outcome.trials:
+            trial.status = wanted[trial.index]
+            trial.error = user_errors.get(trial.index) or errors.get(trial.index)
+    for trial in outcome.trials:
+        trial.log_file = _error_file(plan.folder, trial.index)
+
+
+def short_trials(outcome: SweepOutcome, reported: dict[int, int]) -> list[TrialOutcome]:
+    """Trials whose MLflow run holds fewer epochs than they reported to Ray."""
+    return [t for t in outcome.trials if t.epochs(outcome.metric) < reported.get(t.index, 0)]
+
+
+def _error_file(folder: SweepFolder, index: int) -> str | None:
+    local = folder.local
+    if local is None:
+        return None
+    path = local / f"trial_{index:03d}" / "error.txt"
+    return str(path) if path.is_file() else None
+
+
+# --------------------------------------------------------------------- 5. report
+def write_report(outcome: SweepOutcome, folder: SweepFolder) -> None:
+    """Leaderboard, curves and heatmaps into the parent run (and the results folder).
+
+    A finished sweep stays finished if plotting fails: the report can be made again
+    with ``bopsweep report``.
+    """
+    import logging
+
+    from bopsweep.sweep.report import render
+
+    out_dir = folder.local / "report" if folder.local is not None else None
+    if out_dir is None:
+        out_dir = Path(tempfile.mkdtemp(prefix=f"bopsweep-report-{outcome.name}-"))
+    try:
+        render(outcome, out_dir, log_to_parent=True)
+    except Exception as error:  # the sweep's own results are already safe
+        logging.getLogger("bopsweep").warning(
+            "could not write the report (%s); run `bopsweep report %s` to retry",
+            error,
+            outcome.name,
+        )
+
+
+# ------------------------------------------------------------------- the steps
+class _InThread:
+    """Run ``fn(*args)`` in a thread; :meth:`result` joins it and re-raises."""
+
+    def __init__(self, fn, *args) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, *args) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as error:  # re-raised by result()
+            self._error = error
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def run_sweep(
+    loaded: LoadedSpec, options: RunOptions | None = None, *, listener=None
+) -> SweepOutcome:
+    """Run (or resume) a sweep to the end; see the module docstring.
+
+    ``listener`` is called with the sweep's live :class:`SweepOutcome` whenever a
+    trial starts, reports or ends.
+    """
+    options = options or RunOptions()
+    timeline = Timeline.start()
+    plan = preflight(loaded, options)
+    timeline.mark("preflight")
+    ray_backend.configure_environment()
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # As a Ray Job's driver: Ray may delete and unpack the job's working directory
+        # again while the driver runs in it; paths are resolved, nothing more is needed.
+        os.chdir(tempfile.mkdtemp(prefix="bopsweep-driver-"))
+    with logs.captured(plan.folder.log_dir, verbose=options.verbose):
+        started_ray = False
+        try:
+            if plan.address:
+                # A cluster is checked before anything is written to MLflow.
+                started_ray = ray_backend.start(plan.address)
+                ray_backend.check_cluster(plan.spec, plan.tracking_uri, plan.folder.storage)
+                timeline.mark("ray_started")
+                outcome = open_parent_run(plan)
+                timeline.mark("parent_run")
+            else:
+                # The parent run is opened (and Ray Tune imported) while Ray starts,
+                # which needs the main thread.
+                parent = _InThread(_prepare_in_background, plan)
+                started_ray = ray_backend.start(None)
+                timeline.mark("ray_started")
+                outcome = parent.result()
+                timeline.mark("parent_run")
+            ray_trials, errors = run_trials(plan, outcome, listener, timeline)
+            timeline.mark("trials_done")
+            settle(plan, outcome, ray_trials, errors)
+            timeline.mark("settled")
+            # The report is drawn while Ray shuts down.
+            reporter = _InThread(write_report, outcome, plan.folder)
+        finally:
+            if started_ray:
+                ray_backend.shutdown()
+            timeline.mark("ray_stopped")
+        reporter.result()
+        timeline.mark("reported")
+    outcome.timings = timeline.as_dict()
+    outcome.timings.update(_trial_timings(ray_trials))
+    plan.folder.write_timeline(outcome.timings)
+    return outcome
+
+
+def _trial_timings(ray_trials: list) -> dict[str, float]:
+    """Totals over trials of what each reported about its own time."""
+    totals: dict[str, float] = {}
+    for ray_trial in ray_trials:
+        for key, value in (ray_trial.last_result or {}).items():
+            if key.startswith(ray_backend.TIMING_PREFIX):
+                name = f"trials.{key.removeprefix(ray_backend.TIMING_PREFIX)}"
+                totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
