@@ -268,7 +268,6 @@ def run(
 
     overrides = [*(set_ or []), *(["train.download=true"] if download else [])]
     loaded = load_spec(spec, overrides)
-    console.print(f"sweep {loaded.spec.name!r} from {spec}: starting Ray...", highlight=False)
     options = RunOptions(
         tracking_uri=tracking_uri,
         address=address,
@@ -278,7 +277,12 @@ def run(
     )
     with Live(console=console, refresh_per_second=2, transient=False) as live:
         outcome = run_sweep(
-            loaded, options, listener=lambda current: live.update(live_table(current))
+            loaded,
+            options,
+            listener=lambda current: live.update(live_table(current)),
+            on_step=lambda text: console.print(
+                f"sweep {loaded.spec.name!r} from {spec}: {text}", highlight=False
+            ),
         )
     console.print()
     if outcome.stopped:

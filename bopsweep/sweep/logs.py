@@ -3,14 +3,17 @@
 A sweep's terminal shows the live table, the leaderboard and where things are.
 Ray, Ray Tune, MLflow and Python warnings log to the Python loggers below; while a
 sweep runs they are written to ``<results>/logs/driver.log`` instead (with
-``--verbose`` to the terminal as well), and the CLI names that file when something
-fails. The trials' own output is in Ray's worker logs and each failed trial's
-``error.txt``.
+``--verbose`` to the terminal as well). Ray's C++ core also writes warnings straight
+to file descriptor 2 (a cluster refusing a token: one line a second); that
+descriptor goes to the same file, while Python's ``sys.stderr`` (the live table)
+keeps the terminal. The trials' own output is in Ray's worker logs and each failed
+trial's ``error.txt``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -55,7 +58,11 @@ def captured(log_dir: Path | None, *, verbose: bool = False) -> Iterator[Path | 
                 logger.setLevel(logging.INFO)
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            yield path
+            if path is not None and not verbose:
+                with _native_stderr_to(path):
+                    yield path
+            else:
+                yield path
     finally:
         logging.captureWarnings(False)
         for name, (old, propagate, level) in saved.items():
@@ -65,6 +72,26 @@ def captured(log_dir: Path | None, *, verbose: bool = False) -> Iterator[Path | 
         for handler in handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.close()
+
+
+@contextmanager
+def _native_stderr_to(path: Path) -> Iterator[None]:
+    """Point file descriptor 2 at ``path``; ``sys.stderr`` keeps the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+    log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    previous, sys.stderr = sys.stderr, terminal
+    try:
+        yield
+    finally:
+        terminal.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr = previous
+        terminal.close()
 
 
 def _import_ray_logging() -> None:

@@ -68,15 +68,38 @@ def start(address: str | None) -> bool:
 
 
 def _error_chain(error: BaseException) -> str:
-    parts, seen = [], set()
+    """The messages of an error and its causes, one line each: Ray wraps its real
+    cause (say, a refused token) in other errors, sometimes as traceback text."""
+    parts: list[str] = []
+    seen = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        text = str(current).strip()
-        if text and text not in parts:
-            parts.append(f"{type(current).__name__}: {text}")
+        for text in _messages(str(current)):
+            if text not in parts:
+                parts.append(text)
         current = current.__cause__ or current.__context__
     return "; caused by ".join(parts)
+
+
+def _messages(text: str) -> list[str]:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return []
+    if "Traceback (most recent call last)" in text:
+        # Keep what precedes the traceback and the error it ends with.
+        head = lines[0].split("Traceback")[0].strip().rstrip(":")
+        tail = lines[-1].rpartition("Error: ")[2] if "Error: " in lines[-1] else lines[-1]
+        return [_shorten(part) for part in (head, tail) if part]
+    return [_shorten(lines[0])]
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    """At most ``limit`` characters, cut after a whole sentence where possible."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(". ", 0, limit)
+    return text[: cut + 1] if cut > 0 else text[:limit]
 
 
 def _init_ray(address: str | None) -> None:

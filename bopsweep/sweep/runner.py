@@ -22,6 +22,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -379,17 +380,25 @@ class _InThread:
 
 
 def run_sweep(
-    loaded: LoadedSpec, options: RunOptions | None = None, *, listener=None
+    loaded: LoadedSpec,
+    options: RunOptions | None = None,
+    *,
+    listener=None,
+    on_step: Callable[[str], None] | None = None,
 ) -> SweepOutcome:
     """Run (or resume) a sweep to the end; see the module docstring.
 
     ``listener`` is called with the sweep's live :class:`SweepOutcome` whenever a
-    trial starts, reports or ends.
+    trial starts, reports or ends; ``on_step`` with a line saying what starts next.
     """
     options = options or RunOptions()
+    say = on_step or (lambda text: None)
     timeline = Timeline.start()
     plan = preflight(loaded, options)
     timeline.mark("preflight")
+    where = f"the Ray cluster at {plan.address}" if plan.address else "a local Ray instance"
+    resumed = " (resuming)" if plan.resume.resuming else ""
+    say(f"{len(plan.trials)} trials{resumed}: starting {where}, tracking to {plan.tracking_uri}")
     ray_backend.configure_environment()
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # As a Ray Job's driver: Ray may delete and unpack the job's working directory

@@ -139,6 +139,28 @@ def test_sweep_runs_on_both_nodes(ray_cluster, auth_server, workdir, monkeypatch
         assert steps == [0, 1]
 
 
+def test_a_missing_cluster_token_is_named_in_one_message(ray_cluster, mlflow_server, workdir):
+    """Without the cluster's token, Ray's own cause (InvalidAuthToken) is in the
+    message with what to set; Ray's C++ retry lines stay off the terminal."""
+    result = bopsweep(
+        "run",
+        sweep_file("quickstart.yaml"),
+        *ONE_TRIAL,
+        "--address",
+        ray_cluster["address"],
+        "--tracking-uri",
+        mlflow_server.uri,
+        cwd=workdir,
+        env={"PATH": _ray_env()["PATH"]},
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "InvalidAuthToken" in errors[0] and "RAY_AUTH_TOKEN" in errors[0]
+    assert "gcs_client" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_local_tracking_store_is_refused_on_a_multi_node_cluster(ray_cluster, workdir):
     result = bopsweep(
         "run",

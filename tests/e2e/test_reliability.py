@@ -294,3 +294,34 @@ def test_many_trials_log_concurrently_without_loss(mlflow_server, workdir):
     for child in children:
         assert child.info.status == "FINISHED"
         assert_each_step_once(client, child.info.run_id, 2)
+
+
+def test_a_user_error_inside_trials_stops_the_sweep_with_one_message(workdir):
+    """An error every trial would hit again (here a schedule missing its decay
+    settings, found when the trial builds its optimizer) is not retried: the sweep
+    stops, says it once, and leaves no run RUNNING."""
+    result = bopsweep(
+        "run",
+        sweep_file("quickstart.yaml"),
+        *grid("[1e-6]", "[1e-3,1e-4]", 3, "--set", "max_failures=2"),
+        "--set",
+        "max_concurrent_trials=1",
+        "--set",
+        "train.hparams.lr_schedule=exponential",
+        cwd=workdir,
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "lr_schedule=exponential needs lr_decay_factor" in errors[0]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    parents, children = sweep_runs(client, "quickstart")
+    assert len(parents) == 1 and parents[0].info.status in ("FAILED", "KILLED")
+    assert all(c.info.status != "RUNNING" for c in children)
+    # Not retried: one attempt of one trial, then the sweep stopped.
+    results = workdir / "bopsweep_results" / "quickstart"
+    attempts = [p for p in results.glob("trial_*/result.json") if p.read_text().strip()]
+    assert len(attempts) == 1
+    assert len(attempts[0].read_text().strip().splitlines()) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 
 import pytest
@@ -37,6 +39,21 @@ def test_quickstart_against_mlflow_server(mlflow_server, workdir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "leaderboard" in result.stdout
+    # A quiet terminal: the live table and where things are, none of Ray's or
+    # MLflow's log lines (they are in the sweep's log file).
+    noisy = [
+        line
+        for line in result.stderr.splitlines()
+        if re.search(r"\b(WARNING|INFO|ERROR)\b|Traceback|warn", line)
+    ]
+    assert not noisy, noisy
+    results = workdir / "bopsweep_results" / "quickstart"
+    assert (results / "logs" / "driver.log").is_file()
+    assert "logs" in result.stdout
+    timeline = json.loads((results / "timeline.json").read_text())
+    assert timeline["runner"] <= timeline["ray_started"] <= timeline["trials_done"]
+    assert timeline["trials_done"] <= timeline["reported"]
+    assert timeline["trials.train_s"] > 0 and timeline["trials.checkpoints"] == 4
 
     client = MlflowClient(mlflow_server.uri)
     parents, children = _sweep_runs(client, experiment)

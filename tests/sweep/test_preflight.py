@@ -1,0 +1,89 @@
+"""``bopsweep run`` refuses what it can know is wrong before Ray starts: missing
+dataset files, GPUs the machine does not have, storage it cannot write, a tracking
+store it cannot reach. Each is exit code 2 and one message, and neither Ray nor
+torch is imported (so nothing was started): the refusal costs no start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import free_port
+from tests.test_cli_startup import _assert_one_line_error, _bopsweep
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = str(REPO / "sweeps" / "quickstart.yaml")
+SEC51 = str(REPO / "sweeps" / "sec51_grid.yaml")
+
+
+def _refused(tmp_path: Path, *args: str, allowed: tuple[str, ...] = ()) -> str:
+    result, imported = _bopsweep(tmp_path, "run", *args)
+    _assert_one_line_error(result)
+    started = set(imported) & {"ray", "torch"}
+    assert not started - set(allowed), (imported, result.stderr)
+    assert not (tmp_path / "bopsweep_results" / "quickstart" / "logs").exists()
+    return result.stderr
+
+
+def test_missing_cifar10_is_refused_before_ray_starts(tmp_path):
+    message = _refused(tmp_path, SEC51, "--set", "resources.gpu=0", "--set", "train.device=cpu")
+    assert "cifar-10-batches-py" in message and "--download" in message
+
+
+def test_more_cpus_than_the_machine_has_are_refused(tmp_path):
+    message = _refused(tmp_path, QUICKSTART, "--set", "resources.cpu=512")
+    assert "asks for 512 CPUs" in message and "--set resources.cpu=1" in message
+
+
+def test_gpus_the_machine_lacks_are_refused(tmp_path):
+    message = _refused(tmp_path, QUICKSTART, "--set", "resources.gpu=1")
+    assert "asks for 1 GPU but this machine has 0" in message
+    assert "--set resources.gpu=0" in message
+
+
+def test_cuda_device_without_a_gpu_is_refused(tmp_path):
+    message = _refused(tmp_path, QUICKSTART, "--set", "train.device=cuda")
+    assert "no GPU" in message and "train.device=cpu" in message
+
+
+def test_storage_that_cannot_be_written_is_refused(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    message = _refused(tmp_path, QUICKSTART, "--storage", str(blocker / "results"))
+    assert "cannot write the sweep's results" in message and "--storage" in message
+
+
+def test_local_store_in_a_missing_folder_is_refused(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}"
+    message = _refused(tmp_path, QUICKSTART, "--tracking-uri", uri)
+    assert "cannot write the MLflow store" in message
+
+
+def test_unreachable_tracking_server_is_refused(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result, imported = _bopsweep(tmp_path, "run", QUICKSTART, "--tracking-uri", uri)
+    _assert_one_line_error(result, "cannot reach the MLflow tracking server")
+    assert "ray" not in imported and "torch" not in imported
+
+
+@pytest.mark.parametrize("flag", ["--download"])
+def test_download_lets_missing_data_through_preflight(tmp_path, flag):
+    """With --download the dataset check passes (the loader downloads); the sweep
+    then fails later for want of a network here, which is not what is tested."""
+    from bopsweep.sweep.runner import RunOptions, preflight
+    from bopsweep.sweep.spec import load_spec
+
+    overrides = [
+        "resources.gpu=0",
+        "resources.cpu=1",
+        "train.device=cpu",
+        f"train.data_dir={tmp_path}",
+    ]
+    with pytest.raises(Exception, match="cifar-10-batches-py"):
+        preflight(load_spec(SEC51, overrides), RunOptions(storage=str(tmp_path / "r")))
+    plan = preflight(
+        load_spec(SEC51, [*overrides, "train.download=true"]),
+        RunOptions(storage=str(tmp_path / "r"), tracking_uri=f"sqlite:///{tmp_path}/m.db"),
+    )
+    assert len(plan.trials) == 9 and not plan.resume.resuming
