@@ -13,14 +13,15 @@ itself, which reports real errors with the usual message.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import ray
-import torch
 
 from bopsweep.config import TrainConfig
-from bopsweep.data import SHAREABLE_DATASETS, TENSOR_FIELDS, InMemoryDataset, load_dataset
+from bopsweep.data import SHAREABLE_DATASETS
+
+if TYPE_CHECKING:
+    from bopsweep.data import InMemoryDataset
 
 
 def actor_name(sweep_id: str, node_id: str) -> str:
@@ -40,6 +41,10 @@ class NodeDatasets:
     def get(self, name: str, data_dir: str, download: bool):
         key = (name, data_dir)
         if key not in self.shared:
+            # torch only where data is loaded: the driver, which starts these actors,
+            # never imports it.
+            from bopsweep.data import TENSOR_FIELDS, load_dataset
+
             data = load_dataset(name, data_dir, download)
             meta = {"name": data.name, "num_classes": data.num_classes, "pixel_max": data.pixel_max}
             refs = {field: ray.put(getattr(data, field).numpy()) for field in TENSOR_FIELDS}
@@ -80,6 +85,11 @@ def shared_dataset(sweep_id: str, config: TrainConfig) -> InMemoryDataset | None
     is none to be had (the trial then loads the data itself)."""
     if config.dataset not in SHAREABLE_DATASETS or not ray.is_initialized():
         return None
+    import numpy as np
+    import torch
+
+    from bopsweep.data import TENSOR_FIELDS, InMemoryDataset
+
     node_id = ray.get_runtime_context().get_node_id()
     try:
         actor = ray.get_actor(actor_name(sweep_id, node_id))

@@ -18,6 +18,7 @@ the results folder in :mod:`~bopsweep.sweep.state`.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import threading
@@ -435,7 +436,11 @@ def run_sweep(
         reporter.result()
         timeline.mark("reported")
     outcome.timings = timeline.as_dict()
-    outcome.timings.update(_trial_timings(ray_trials))
+    trials = _trial_timings(ray_trials)
+    if "first_trial" in trials:
+        trials["first_trial"] = round(trials["first_trial"] - timeline.process_start, 3)
+    outcome.timings.update(trials)
+    outcome.timings["driver_cpu_s"] = round(time.process_time(), 3)
     plan.folder.write_timeline(outcome.timings)
     return outcome
 
@@ -445,7 +450,11 @@ def _trial_timings(ray_trials: list) -> dict[str, float]:
     totals: dict[str, float] = {}
     for ray_trial in ray_trials:
         for key, value in (ray_trial.last_result or {}).items():
-            if key.startswith(ray_backend.TIMING_PREFIX):
-                name = f"trials.{key.removeprefix(ray_backend.TIMING_PREFIX)}"
+            if not key.startswith(ray_backend.TIMING_PREFIX):
+                continue
+            name = f"trials.{key.removeprefix(ray_backend.TIMING_PREFIX)}"
+            if name == "trials.started_at":  # the first trial's start, on the timeline
+                totals["first_trial"] = min(totals.get("first_trial", math.inf), float(value))
+            else:
                 totals[name] = totals.get(name, 0.0) + float(value)
     return totals

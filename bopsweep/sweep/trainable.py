@@ -152,8 +152,9 @@ def run_trial(config: dict[str, Any]) -> None:
     # not block training for minutes retrying a server that is down.
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
-    timings = {"setup_s": 0.0, "train_s": 0.0, "checkpoint_s": 0.0, "checkpoints": 0}
-    timings["drain_s"] = 0.0
+    # started_at (wall clock) places the trial on the sweep's timeline.
+    timings = {"started_at": time.time(), "setup_s": 0.0, "train_s": 0.0, "drain_s": 0.0}
+    timings.update(checkpoint_s=0.0, checkpoints=0)
     try:
         train_config = TrainConfig.model_validate(trial["train"])
         data = datacache.shared_dataset(sweep["parent_run_id"], train_config)
