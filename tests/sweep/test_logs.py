@@ -36,7 +36,13 @@ def test_library_logs_and_native_stderr_go_to_the_file(tmp_path):
 def test_verbose_also_shows_them_live(tmp_path, capfd):
     from bopsweep.sweep import logs
 
-    with logs.captured(tmp_path / "logs", verbose=True):
-        logging.getLogger("ray").warning("visible")
+    logger = logging.getLogger("ray")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # an earlier ray.init in this process may have raised it
+    try:
+        with logs.captured(tmp_path / "logs", verbose=True):
+            logger.warning("visible")
+    finally:
+        logger.setLevel(level)
     assert "visible" in capfd.readouterr().err
     assert "visible" in (tmp_path / "logs" / "driver.log").read_text()
