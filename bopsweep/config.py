@@ -223,10 +223,15 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     max_train_samples: int | None = Field(None, gt=1)
     max_val_samples: int | None = Field(None, gt=0)
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32",
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
         description="bf16: forward passes under bfloat16 autocast (binary weights, Bop's "
-        "state and the optimizers stay float32)",
+        "state and the optimizers stay float32). auto: bf16 for models with convolutions "
+        "on hardware that computes bf16 natively (CUDA compute capability >= 8.0, CPUs "
+        "with AVX512-BF16 or AMX), fp32 otherwise: emulated bf16 is many times slower, "
+        "and the dense-only MLP is slower under autocast even where bf16 is native. "
+        "An explicit bf16 where it is not native warns once and runs (slowly). "
+        "BOPSWEEP_NATIVE_BF16=0 or 1 overrides the hardware probe.",
     )
     compile: bool = Field(False, description="torch.compile the model (slow first steps)")
 

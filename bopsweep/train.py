@@ -30,6 +30,7 @@ from bopsweep.bnn.optim import Bop, Bop2ndOrder, CaseOptimizer
 from bopsweep.config import HParams, TrainConfig
 from bopsweep.data import Dataset, load_dataset
 from bopsweep.errors import TrainingDiverged, UserError
+from bopsweep.precision import resolve_precision
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,6 +135,9 @@ class Trainer:
         self.channels_last = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # What the forward passes really run in ("auto" resolved for this device and
+        # model): the one value to log with the run.
+        self.precision = resolve_precision(config.precision, self.device, self.model)
         if self.device.type == "cuda":
             # Input shapes are fixed: let cuDNN time its algorithms once and keep the best.
             torch.backends.cudnn.benchmark = True
@@ -181,7 +185,7 @@ class Trainer:
         # bfloat16 keeps float32's exponent range (no loss scaling), and the +-1 inputs
         # and kernels of binarized layers are exact in it; accumulation stays float32.
         return torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         )
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

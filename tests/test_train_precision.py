@@ -1,8 +1,14 @@
 """The training loop's speed options: bf16 autocast, channels_last for conv nets and
 torch.compile. Whatever the option, binary weights and Bop's state stay float32 and
-the weights exactly +-1, checkpoints keep working, and a bf16 run still learns."""
+the weights exactly +-1, checkpoints keep working, and a bf16 run still learns.
+``precision: auto`` picks bf16 only where it is native (the probe is overridden here
+with ``BOPSWEEP_NATIVE_BF16``, so both kinds of machine are tested on either)."""
 
 from __future__ import annotations
+
+import math
+import platform
+import warnings
 
 import pytest
 import torch
@@ -10,6 +16,8 @@ import torch
 from bopsweep.bnn.layers import binary_parameters
 from bopsweep.config import make_train_config
 from bopsweep.data import make_synthetic
+from bopsweep.errors import UserError
+from bopsweep.precision import NATIVE_BF16_ENV, _cpu_flags, _warn_not_native, native_bf16
 from bopsweep.train import Trainer, train
 
 CPU = torch.device("cpu")
@@ -103,3 +111,103 @@ def test_compile_trains_and_keeps_plain_state_dict_keys():
     for param in binary_parameters(trainer.model):
         assert torch.all(param.abs() == 1.0)
     assert torch.isfinite(torch.tensor(trainer.history[-1]["val_loss"]))
+
+
+# ------------------------------------------------------------- precision "auto"
+@pytest.fixture
+def native(monkeypatch):
+    """Set whether bf16 counts as native, whatever this machine's CPU does, and let
+    the once-per-process warning be seen again."""
+    _warn_not_native.cache_clear()
+
+    def set_native(value: bool) -> None:
+        monkeypatch.setenv(NATIVE_BF16_ENV, "1" if value else "0")
+
+    yield set_native
+    _warn_not_native.cache_clear()
+
+
+def _mlp(**options) -> Trainer:
+    config = make_train_config(
+        model="mlp", dataset="synthetic", hparams_set="bop", epochs=1, device="cpu", **options
+    )
+    return Trainer(config, make_synthetic(shape=(1, 8, 8), n_train=64, n_val=8), device=CPU)
+
+
+def test_auto_is_the_default():
+    assert make_train_config(model="mlp", dataset="digits").precision == "auto"
+
+
+def test_auto_is_fp32_where_bf16_is_not_native(native):
+    native(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto never warns
+        trainer = _binarynet()
+    assert trainer.precision == "fp32"
+    assert not trainer._autocast()._enabled
+
+
+def test_auto_is_bf16_for_a_conv_net_where_bf16_is_native(native):
+    native(True)
+    trainer = _binarynet()
+    assert trainer.precision == "bf16"
+    assert trainer._autocast()._enabled
+    trainer.fit()
+    assert all(torch.all(p.abs() == 1.0) for p in binary_parameters(trainer.model))
+
+
+def test_auto_keeps_the_dense_only_mlp_in_fp32_even_where_bf16_is_native(native):
+    native(True)
+    assert _mlp().precision == "fp32"
+    # Asked for explicitly, bf16 is what it gets.
+    assert _mlp(precision="bf16").precision == "bf16"
+
+
+def test_explicit_precisions_are_obeyed(native):
+    native(True)
+    assert _binarynet(precision="fp32").precision == "fp32"
+    assert _binarynet(precision="bf16").precision == "bf16"
+
+
+def test_explicit_bf16_where_not_native_warns_once_and_still_runs(native):
+    native(False)
+    with pytest.warns(RuntimeWarning, match="no native bfloat16") as caught:
+        trainer = _mlp(precision="bf16")
+    assert len(caught) == 1
+    assert trainer.precision == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process: the second run is quiet
+        again = _mlp(precision="bf16")
+    again.fit()
+    assert math.isfinite(again.history[-1]["train_loss"])
+
+
+def test_explicit_bf16_where_native_does_not_warn(native):
+    native(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _mlp(precision="bf16").precision == "bf16"
+
+
+def test_an_unknown_precision_is_a_user_error_naming_the_choices():
+    with pytest.raises(UserError) as error:
+        make_train_config(model="mlp", dataset="digits", precision="fp16")
+    message = str(error.value)
+    assert message.startswith("precision:")
+    for choice in ("'auto'", "'fp32'", "'bf16'"):
+        assert choice in message
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_the_environment_overrides_the_probe_on_every_device(monkeypatch, value):
+    monkeypatch.setenv(NATIVE_BF16_ENV, value)
+    assert native_bf16("cpu") is (value == "1")
+    assert native_bf16("cuda") is (value == "1")
+
+
+def test_the_cpu_probe_agrees_with_the_cpu_flags(monkeypatch):
+    monkeypatch.delenv(NATIVE_BF16_ENV, raising=False)
+    flags = _cpu_flags()
+    if platform.machine() != "x86_64" or not flags:
+        pytest.skip("needs /proc/cpuinfo of an x86-64 CPU")
+    assert native_bf16("cpu") is bool(flags & {"avx512_bf16", "amx_bf16"})
