@@ -506,8 +506,8 @@ def bench(
     quick: Annotated[
         bool,
         typer.Option(
-            help="Fewer rounds and smaller runs (under a minute on 2 CPU cores); every "
-            "section still runs, Ray and MLflow included."
+            help="The fewest rounds and smallest runs (about a minute on 2 CPU cores); "
+            "every section still runs, Ray and MLflow included."
         ),
     ] = False,
     output: Annotated[
