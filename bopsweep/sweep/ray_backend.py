@@ -201,10 +201,18 @@ def trial_configs(trials: list[Trial]) -> list[dict[str, Any]]:
     return configs
 
 
+def run_trial(config: dict[str, Any]) -> None:
+    """Ray Tune's entry point of a trial (:func:`bopsweep.sweep.trainable.run_trial`).
+
+    Ray pickles the trainable by reference in the driver; this one leaves torch and
+    the training code to the trial's worker, so the driver never imports them."""
+    from bopsweep.sweep.trainable import run_trial as run
+
+    run(config)
+
+
 def _trainable(spec: SweepSpec):
     from ray import tune
-
-    from bopsweep.sweep.trainable import run_trial
 
     return tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 

@@ -163,7 +163,12 @@ def run_trial(config: dict[str, Any]) -> None:
         # Deterministic: every retry and every other trial would fail the same way.
         tune.report({USER_ERROR_KEY: str(error)})
         return
-    resolved = {**train_config.model_dump(), "hparams": trainer.hparams.model_dump()}
+    # The precision the trainer chose (``auto`` resolves by hardware and model).
+    resolved = {
+        **train_config.model_dump(),
+        "precision": trainer.precision,
+        "hparams": trainer.hparams.model_dump(),
+    }
     tracker = TrialTracker(
         sweep["tracking_uri"],
         sweep["experiment_id"],

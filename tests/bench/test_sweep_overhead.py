@@ -1,4 +1,5 @@
-"""Bench section ``sweep_overhead``: a real sweep against its trials run directly."""
+"""Bench section ``sweep_overhead``: the quickstart command against its trials' own
+training, with the wall time split into its parts."""
 
 from __future__ import annotations
 
@@ -21,3 +22,11 @@ def test_sweep_overhead_reports_its_figures_and_targets(quick_bench):
         ],
     )
     assert_targets(section, {"wall_vs_ideal"})
+    parts = section["split_s"]
+    for part in ("imports", "ray_start", "first_trial_start", "trial_setup", "checkpoints"):
+        assert part in parts
+    for part in ("tracking_drain", "report", "shutdown", "exit"):
+        assert parts[part] >= 0
+    # The parts and the ideal add up to the wall time.
+    assert abs(sum(parts.values()) + section["ideal_s"] - section["wall_s"]) < 1e-6 + 0.01
+    assert section["stderr_lines"] < 40
