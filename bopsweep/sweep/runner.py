@@ -70,6 +70,7 @@ class Timeline:
 
     process_start: float
     marks: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # the driver's CPU seconds
 
     @classmethod
     def start(cls) -> Timeline:
@@ -79,10 +80,13 @@ class Timeline:
 
     def mark(self, name: str) -> None:
         self.marks[name] = time.time()
+        self.cpu[name] = time.process_time()
 
     def as_dict(self) -> dict[str, float]:
         """Seconds since the process started, per mark."""
-        return {k: round(v - self.process_start, 3) for k, v in self.marks.items()}
+        out = {k: round(v - self.process_start, 3) for k, v in self.marks.items()}
+        out.update({f"cpu.{k}": round(v, 3) for k, v in self.cpu.items()})
+        return out
 
 
 @dataclass(frozen=True)
