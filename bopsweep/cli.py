@@ -89,6 +89,10 @@ def train(
         max_train_samples=max_train_samples,
         max_val_samples=max_val_samples,
     )
+    from bopsweep.data import check_available
+
+    # Missing data is refused before torch is imported (seconds).
+    check_available(config.dataset, config.data_dir, config.download)
     _run_train(config, output_dir)
 
 

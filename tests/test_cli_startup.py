@@ -174,3 +174,11 @@ assert bopsweep.__version__
     result, heavy = _run(tmp_path, snippet)
     assert result.returncode == 0, result.stderr
     assert heavy == []
+
+
+def test_train_refuses_missing_data_before_importing_torch(tmp_path):
+    result, imported = _bopsweep(
+        tmp_path, "train", "binarynet", "--dataset", "cifar10", "--data-dir", str(tmp_path)
+    )
+    _assert_one_line_error(result, "CIFAR-10 not found")
+    assert "torch" not in imported, imported
