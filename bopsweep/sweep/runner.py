@@ -221,8 +221,18 @@ def open_parent_run(plan: SweepPlan) -> SweepOutcome:
 
 def _prepare_in_background(plan: SweepPlan) -> SweepOutcome:
     import ray.tune  # noqa: F401  (seconds of imports, off the main thread's path)
+    from sqlalchemy.exc import SQLAlchemyError  # MLflow's store layer
 
-    return open_parent_run(plan)
+    try:
+        return open_parent_run(plan)
+    except (*mlflow_client.unreachable_errors(), SQLAlchemyError) as error:
+        # A local store is only opened here (preflight checked its folder): one that
+        # cannot be used (an older schema, a broken file) is bad input.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise UserError(
+            f"cannot use the MLflow store at {plan.tracking_uri}: {reason}; pass another "
+            "--tracking-uri, or move the file away"
+        ) from None
 
 
 # ------------------------------------------------------------------------ 3. run

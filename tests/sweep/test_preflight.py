@@ -87,3 +87,14 @@ def test_download_lets_missing_data_through_preflight(tmp_path, flag):
         RunOptions(storage=str(tmp_path / "r"), tracking_uri=f"sqlite:///{tmp_path}/m.db"),
     )
     assert len(plan.trials) == 9 and not plan.resume.resuming
+
+
+def test_a_local_store_that_is_not_a_database_is_one_message(tmp_path):
+    """The store is opened while Ray starts; what it refuses is still bad input."""
+    (tmp_path / "mlflow.db").write_text("not a database")
+    result, _ = _bopsweep(tmp_path, "run", QUICKSTART, "--set", "train.epochs=1")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot use the MLflow store" in errors[0]
+    assert "file is not a database" in errors[0]
