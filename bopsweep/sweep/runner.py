@@ -241,6 +241,7 @@ def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timel
     from bopsweep.sweep import datacache, progress
 
     spec = plan.spec
+    ray_backend.set_snapshot_period(len(plan.trials))
     configs = ray_backend.trial_configs(plan.trials)
     sweep_cfg = {
         "tracking_uri": outcome.tracking_uri,

@@ -169,6 +169,15 @@ def run_trial(config: dict[str, Any]) -> None:
         "precision": trainer.precision,
         "hparams": trainer.hparams.model_dump(),
     }
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+        trainer.load_state_dict(state)
+        if trainer.epoch >= trainer.hparams.epochs:
+            # Finished before the driver died, after Ray's last snapshot of the
+            # sweep: its run is complete; the driver settles its status.
+            return
     tracker = TrialTracker(
         sweep["tracking_uri"],
         sweep["experiment_id"],
@@ -183,15 +192,10 @@ def run_trial(config: dict[str, Any]) -> None:
         params=flatten(resolved),
         drain_timeout_s=float(sweep.get("drain_timeout_s", 120.0)),
     )
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
-        trainer.load_state_dict(state)
-        # Epochs a crash left in the tracker's queue are sent again from the
-        # checkpoint's history; the steps the run already holds are skipped.
-        for metrics in trainer.history:
-            tracker.log_epoch(metrics, step=int(metrics["epoch"]))
+    # Epochs a crash left in the tracker's queue are sent again from the checkpoint's
+    # history; the steps the run already holds are skipped.
+    for metrics in trainer.history:
+        tracker.log_epoch(metrics, step=int(metrics["epoch"]))
     policy = CheckpointPolicy(sweep.get("checkpoint_every"), sweep.get("checkpoint_every_s"))
     callbacks: list[Callback] = [_ReportToTune(tracker, policy, timings)]
     callbacks += extra_callbacks(trial["index"])
