@@ -127,8 +127,9 @@ def preflight(loaded: LoadedSpec, options: RunOptions) -> SweepPlan:
         mlflow_client.check_local_store(uri, must_exist=False)
     else:
         # MLflow's client retries a failed request for minutes by default; the driver
-        # should say the server is unreachable well before that.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        # should say the server is unreachable within seconds (retries after 1 and 2 s).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         mlflow_client.check_connection(uri)
     resume = decide_resume(
