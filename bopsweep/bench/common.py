@@ -374,3 +374,19 @@ def target_rows(name: str, section: dict[str, Any]) -> list[Row]:
         )
         for key, t in section.get("targets", {}).items()
     ]
+
+
+def binarynet_config(device: str, precision: str):
+    """The training config the train-step and memory sections measure: the paper's
+    BinaryNet with the ``bop`` set on synthetic CIFAR-shaped data."""
+    from bopsweep.config import make_train_config
+
+    return make_train_config(
+        model="binarynet",
+        dataset="synthetic",
+        preprocess_fn="resize_and_flip",
+        hparams_set="bop",
+        epochs=1,
+        device=device,
+        precision=precision,
+    )

@@ -17,27 +17,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from bopsweep.bench.common import BATCH_SIZE, Context, Plan, Row, mib, peak_rss_bytes, rss_bytes
+from bopsweep.bench.common import (
+    BATCH_SIZE,
+    Context,
+    Plan,
+    Row,
+    binarynet_config,
+    mib,
+    peak_rss_bytes,
+    rss_bytes,
+)
 
 
 def training_memory_probe(device: str, precision: str, steps: int) -> dict[str, float]:
     """Run in a fresh process: RSS after imports, and peak RSS over ``steps`` BinaryNet
     training steps at batch 100 through the Trainer."""
-    from bopsweep.config import make_train_config
     from bopsweep.data import make_synthetic
     from bopsweep.train import Trainer
 
     data = make_synthetic(n_train=BATCH_SIZE * steps, n_val=2)
     before = rss_bytes()
-    config = make_train_config(
-        model="binarynet",
-        dataset="synthetic",
-        preprocess_fn="resize_and_flip",
-        hparams_set="bop",
-        epochs=1,
-        device=device,
-        precision=precision,
-    )
+    config = binarynet_config(device, precision)
     trainer = Trainer(config, data)
     trainer.train_epoch()
     out = {

@@ -16,7 +16,15 @@ from typing import Any
 
 import torch
 
-from bopsweep.bench.common import BATCH_SIZE, Context, Row, interleaved, ms, target
+from bopsweep.bench.common import (
+    BATCH_SIZE,
+    Context,
+    Row,
+    binarynet_config,
+    interleaved,
+    ms,
+    target,
+)
 
 # Larq 0.14 + TensorFlow 2.21 (Bop + Adam through Larq's CaseOptimizer) training the
 # same BinaryNet at batch 100 on CIFAR-shaped data, 2 threads on a 2-core AMD EPYC.
@@ -40,19 +48,10 @@ def full_precision_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def _trainers(device: torch.device, precision: str):
     from bopsweep.bnn.optim import CaseOptimizer
-    from bopsweep.config import make_train_config
     from bopsweep.data import make_synthetic
     from bopsweep.train import Trainer
 
-    config = make_train_config(
-        model="binarynet",
-        dataset="synthetic",
-        preprocess_fn="resize_and_flip",
-        hparams_set="bop",
-        epochs=1,
-        device=device.type,
-        precision=precision,
-    )
+    config = binarynet_config(device.type, precision)
     # One batch per epoch: each train_epoch() is one step of the real loop.
     data = make_synthetic(n_train=BATCH_SIZE, n_val=2)
     bnn = Trainer(config, data, device=device)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -93,17 +93,16 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
     return full + (1 if rest >= 2 else 0)
 
 
-class DeviceBatches:
-    """Batches from an :class:`InMemoryDataset` already on the training device."""
+class BatchesBase:
+    """What both kinds of batches derive from their dataset and batch size; a
+    subclass sets ``data`` and ``batch_size`` and says how many training samples."""
 
-    def __init__(self, data: InMemoryDataset, preprocess: Preprocess, batch_size: int) -> None:
-        self.data = data
-        self.preprocess = preprocess
-        self.batch_size = batch_size
+    data: Any
+    batch_size: int
 
     @property
     def num_train(self) -> int:
-        return len(self.data.train_y)
+        raise NotImplementedError
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -115,6 +114,19 @@ class DeviceBatches:
 
     def steps_per_epoch(self) -> int:
         return steps_per_epoch(self.num_train, self.batch_size)
+
+
+class DeviceBatches(BatchesBase):
+    """Batches from an :class:`InMemoryDataset` already on the training device."""
+
+    def __init__(self, data: InMemoryDataset, preprocess: Preprocess, batch_size: int) -> None:
+        self.data = data
+        self.preprocess = preprocess
+        self.batch_size = batch_size
+
+    @property
+    def num_train(self) -> int:
+        return len(self.data.train_y)
 
     def train(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         data, size = self.data, self.batch_size

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bopsweep.data.batches import Batches, steps_per_epoch
+from bopsweep.data.batches import Batches, BatchesBase, steps_per_epoch
 from bopsweep.data.layout import IMAGENET_LAYOUT, require_imagenet
 from bopsweep.errors import UserError
 
@@ -152,7 +152,7 @@ class _ShuffledBatches(torch.utils.data.Sampler):
             yield order[step * self.batch_size : (step + 1) * self.batch_size].tolist()
 
 
-class LoaderBatches:
+class LoaderBatches(BatchesBase):
     """Batches from an :class:`ImageFolderDataset`, decoded and augmented by DataLoader
     workers, copied to the device as uint8 (from pinned memory on CUDA) and
     normalised there."""
@@ -181,17 +181,6 @@ class LoaderBatches:
     @property
     def num_train(self) -> int:
         return len(self.train_set)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.data.input_shape
-
-    @property
-    def num_classes(self) -> int:
-        return self.data.num_classes
-
-    def steps_per_epoch(self) -> int:
-        return steps_per_epoch(self.num_train, self.batch_size)
 
     def _loader(self, dataset, seed: int, **batching) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(

@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -374,28 +374,6 @@ def write_report(outcome: SweepOutcome, folder: SweepFolder) -> None:
 
 
 # ------------------------------------------------------------------- the steps
-class _InThread:
-    """Run ``fn(*args)`` in a thread; :meth:`result` joins it and re-raises."""
-
-    def __init__(self, fn, *args) -> None:
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn, *args) -> None:
-        try:
-            self._value = fn(*args)
-        except BaseException as error:  # re-raised by result()
-            self._error = error
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 def run_sweep(
     loaded: LoadedSpec,
     options: RunOptions | None = None,
@@ -421,7 +399,11 @@ def run_sweep(
         # As a Ray Job's driver: Ray may delete and unpack the job's working directory
         # again while the driver runs in it; paths are resolved, nothing more is needed.
         os.chdir(tempfile.mkdtemp(prefix="bopsweep-driver-"))
-    with logs.captured(plan.folder.log_dir, verbose=options.verbose):
+    # One thread for the work that overlaps Ray's start and shutdown.
+    with (
+        logs.captured(plan.folder.log_dir, verbose=options.verbose),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep") as background,
+    ):
         started_ray = False
         try:
             if plan.address:
@@ -434,7 +416,7 @@ def run_sweep(
             else:
                 # The parent run is opened (and Ray Tune imported) while Ray starts,
                 # which needs the main thread.
-                parent = _InThread(_prepare_in_background, plan)
+                parent = background.submit(_prepare_in_background, plan)
                 started_ray = ray_backend.start(None)
                 timeline.mark("ray_started")
                 outcome = parent.result()
@@ -444,7 +426,7 @@ def run_sweep(
             settle(plan, outcome, ray_trials, errors)
             timeline.mark("settled")
             # The report is drawn while Ray shuts down.
-            reporter = _InThread(write_report, outcome, plan.folder)
+            reporter = background.submit(write_report, outcome, plan.folder)
         finally:
             if started_ray:
                 ray_backend.shutdown()
