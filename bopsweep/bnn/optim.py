@@ -37,6 +37,19 @@ __all__ = ["Bop", "Bop2ndOrder", "CaseOptimizer", "bop", "bop2"]
 # "Bop and Beyond" divides by sqrt(v) + eps with this eps.
 _BOP2_EPS = 1e-10
 
+# A rate for every tensor of a step, or one per tensor: fused trials (the members of
+# one stacked model, see bopsweep.bnn.fused) pass each member's slice of a tensor
+# with that member's own threshold and gamma, in the same pass.
+Rate = float | Sequence[float]
+
+
+def _per_tensor(value: Rate, count: int) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)] * count
+    if len(value) != count:
+        raise ValueError(f"{len(value)} rates for {count} tensors")
+    return [float(v) for v in value]
+
 
 # --------------------------------------------------------------------------- kernels
 def _flip_single(w: Tensor, score: Tensor, threshold: float, flips: Tensor | None) -> None:
@@ -111,10 +124,10 @@ def _sliced_on_cpu(ws: list[Tensor]) -> bool:
 def _sliced_pass(
     ws: list[Tensor],
     scores: list[Tensor],
-    threshold: float,
+    threshold: Rate,
     flips: list[Tensor] | None,
     grads: list[Tensor] | None = None,
-    gamma: float = 0.0,
+    gamma: Rate = 0.0,
 ) -> None:
     # On the CPU a foreach op is a loop of per-tensor ops, each a full pass over memory
     # into freshly allocated temporaries. Slice by slice (the moving average updated
@@ -129,26 +142,28 @@ def _sliced_pass(
             buffer = buffers[name] = torch.empty(like.numel(), dtype=like.dtype)
         return buffer[: like.numel()].view(like.shape)
 
+    thresholds, gammas = _per_tensor(threshold, len(ws)), _per_tensor(gamma, len(ws))
     for i, (w, score) in enumerate(zip(ws, scores, strict=True)):
         count = None if flips is None else flips[i]
         tensors = (w, score) if grads is None else (w, score, grads[i])
         for parts in _slices(*tensors):
             if grads is not None:
-                parts[1].lerp_(parts[2], gamma)
+                parts[1].lerp_(parts[2], gammas[i])
             w_part, score_part = parts[0], parts[1]
             new, sign_w = scratch("new", w_part), scratch("sign_w", w_part)
-            _flip_slice(w_part, score_part, threshold, new, sign_w, count)
+            _flip_slice(w_part, score_part, thresholds[i], new, sign_w, count)
 
 
 def _flip_multi(
-    ws: list[Tensor], scores: list[Tensor], threshold: float, flips: list[Tensor] | None
+    ws: list[Tensor], scores: list[Tensor], threshold: Rate, flips: list[Tensor] | None
 ) -> None:
     if _sliced_on_cpu(ws):
         _sliced_pass(ws, scores, threshold, flips)
         return
     # Elsewhere foreach ops are fused multi-tensor kernels: few launches for many tensors.
     s = torch._foreach_mul(ws, scores)
-    torch._foreach_sub_(s, threshold)
+    # A list of rates is torch's ScalarList overload: still one pass.
+    torch._foreach_sub_(s, _foreach_rate(threshold))
     torch._foreach_sign_(s)
     torch._foreach_mul_(s, ws)
     torch._foreach_sign_(s)
@@ -165,18 +180,23 @@ def _flip_multi(
     torch._foreach_copy_(ws, s)
 
 
+def _foreach_rate(value: Rate) -> float | list[float]:
+    return value if isinstance(value, (int, float)) else [float(v) for v in value]
+
+
 def _single_tensor_bop(
     params: list[Tensor],
     grads: list[Tensor],
     ms: list[Tensor],
     flips: list[Tensor] | None,
     *,
-    threshold: float,
-    gamma: float,
+    threshold: Rate,
+    gamma: Rate,
 ) -> None:
+    thresholds, gammas = _per_tensor(threshold, len(params)), _per_tensor(gamma, len(params))
     for i, (w, g, m) in enumerate(zip(params, grads, ms, strict=True)):
-        m.lerp_(g, gamma)
-        _flip_single(w, m, threshold, None if flips is None else flips[i])
+        m.lerp_(g, gammas[i])
+        _flip_single(w, m, thresholds[i], None if flips is None else flips[i])
 
 
 def _multi_tensor_bop(
@@ -185,15 +205,15 @@ def _multi_tensor_bop(
     ms: list[Tensor],
     flips: list[Tensor] | None,
     *,
-    threshold: float,
-    gamma: float,
+    threshold: Rate,
+    gamma: Rate,
 ) -> None:
     if not params:
         return
     if _sliced_on_cpu(params):
         _sliced_pass(params, ms, threshold, flips, grads, gamma)
         return
-    torch._foreach_lerp_(ms, grads, gamma)
+    torch._foreach_lerp_(ms, grads, _foreach_rate(gamma))
     _flip_multi(params, ms, threshold, flips)
 
 
@@ -208,14 +228,18 @@ def _single_tensor_bop2(
     vs: list[Tensor],
     flips: list[Tensor] | None,
     *,
-    threshold: float,
-    gamma: float,
-    sigma: float,
+    threshold: Rate,
+    gamma: Rate,
+    sigma: Rate,
 ) -> None:
+    count = len(params)
+    thresholds, gammas = _per_tensor(threshold, count), _per_tensor(gamma, count)
+    sigmas = _per_tensor(sigma, count)
     for i, (w, g, m, v) in enumerate(zip(params, grads, ms, vs, strict=True)):
-        m.lerp_(g, gamma)
-        v.lerp_(g * g, sigma)
-        _flip_single(w, _bop2_scores_single(m, v), threshold, None if flips is None else flips[i])
+        m.lerp_(g, gammas[i])
+        v.lerp_(g * g, sigmas[i])
+        flip = None if flips is None else flips[i]
+        _flip_single(w, _bop2_scores_single(m, v), thresholds[i], flip)
 
 
 def _multi_tensor_bop2(
@@ -225,14 +249,14 @@ def _multi_tensor_bop2(
     vs: list[Tensor],
     flips: list[Tensor] | None,
     *,
-    threshold: float,
-    gamma: float,
-    sigma: float,
+    threshold: Rate,
+    gamma: Rate,
+    sigma: Rate,
 ) -> None:
     if not params:
         return
-    torch._foreach_lerp_(ms, grads, gamma)
-    torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), sigma)
+    torch._foreach_lerp_(ms, grads, _foreach_rate(gamma))
+    torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), _foreach_rate(sigma))
     denominators = torch._foreach_sqrt(vs)
     torch._foreach_add_(denominators, _BOP2_EPS)
     _flip_multi(params, torch._foreach_div(ms, denominators), threshold, flips)
@@ -244,11 +268,12 @@ def bop(
     ms: list[Tensor],
     flips: list[Tensor] | None = None,
     *,
-    threshold: float,
-    gamma: float,
+    threshold: Rate,
+    gamma: Rate,
     foreach: bool = True,
 ) -> None:
-    """Functional Bop: update ``ms`` and flip ``params`` in place."""
+    """Functional Bop: update ``ms`` and flip ``params`` in place; each rate is one
+    value or one per tensor."""
     kernel = _multi_tensor_bop if foreach else _single_tensor_bop
     kernel(params, grads, ms, flips, threshold=threshold, gamma=gamma)
 
@@ -260,9 +285,9 @@ def bop2(
     vs: list[Tensor],
     flips: list[Tensor] | None = None,
     *,
-    threshold: float,
-    gamma: float,
-    sigma: float,
+    threshold: Rate,
+    gamma: Rate,
+    sigma: Rate,
     foreach: bool = True,
 ) -> None:
     """Functional second-order Bop: update ``ms``, ``vs`` and flip ``params`` in place."""

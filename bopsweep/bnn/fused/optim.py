@@ -1,0 +1,436 @@
+"""The optimizers of a fused model: each member trained as if it were alone.
+
+* :class:`FusedBop`: Bop, or Bop2ndOrder when given sigmas, over fused binary
+  kernels. Each member's slice of every kernel is stepped with that member's own
+  threshold, gamma and sigma schedules, and all slices of all members go through the
+  functional kernels of :mod:`bopsweep.bnn.optim` in one pass (torch's ScalarList
+  foreach ops on a GPU, the cache-sized CPU pass elsewhere): the same operations on
+  the same values as K separate steps, so the result is bit-identical to them.
+* :class:`MemberOptimizers`: one stock torch optimizer (Adam, SGD) per member over
+  that member's views of the fused parameters, so each member keeps its own learning
+  rate, weight decay and moments, computed exactly as torch computes them.
+* :class:`FusedCaseOptimizer`: the one optimizer object the fused loop steps, as
+  :class:`~bopsweep.bnn.optim.CaseOptimizer` is for one model, with per-member
+  learning-rate schedules, flip counts and freezing (a member that diverged stops
+  moving while the others go on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from bopsweep.bnn.fused.layers import FusedModel, member_view
+from bopsweep.bnn.metrics import log_flip_ratio
+from bopsweep.bnn.optim import _BOP2_EPS, _check_rate, _check_threshold, _flat, bop, bop2
+from bopsweep.bnn.schedules import Schedule, as_schedule
+
+__all__ = ["FusedBop", "FusedCaseOptimizer", "MemberOptimizers", "member_flip_metrics"]
+
+Rates = Sequence[float | Schedule]
+
+
+def _rows(t: Tensor, members: int) -> Tensor | None:
+    """``t`` as ``[K, n]`` in memory order (member k's slice is row k), or None."""
+    flat = _flat(t)
+    return None if flat is None else flat.view(members, -1)
+
+
+def _member_bop(
+    w: Tensor,
+    g: Tensor,
+    m: Tensor,
+    v: Tensor | None,
+    rates: dict[str, Tensor],
+    flips: Tensor | None,
+) -> None:
+    # The operations of bopsweep.bnn.optim's kernels, on all members at once, each
+    # member's rates broadcast along its row: lerp with a tensor weight, subtraction,
+    # products of signs are the same exactly rounded operations elementwise.
+    m.lerp_(g, rates["gamma"])
+    score = m
+    if v is not None:
+        v.lerp_(g * g, rates["sigma"])
+        score = m / (v.sqrt() + _BOP2_EPS)
+    sign_w = torch.sign(w)
+    decision = torch.mul(w, score).sub_(rates["threshold"]).sign_()
+    new = torch.addcmul(decision.new_full((), 0.5), decision, sign_w, value=-1.0).sign_()
+    if flips is not None:
+        # As in _flip_slice: per row, (nonzero count - sum of new * sign(old)) / 2.
+        # Sums of +-1 are exact in float32 up to 2**24 terms a row (the whole sum
+        # and every partial one), in float64 beyond.
+        exact = torch.float32 if w.shape[1] < 2**24 else torch.float64
+        nonzero = torch.linalg.vecdot(sign_w, sign_w, dim=1).to(exact)
+        kept = torch.linalg.vecdot(new, sign_w, dim=1).to(exact)
+        flips.add_(nonzero.sub_(kept).div_(2))
+    w.copy_(new)
+
+
+class FusedBop(Optimizer):
+    """Bop over fused binary kernels, each member with its own schedules.
+
+    Args:
+        params: fused binary kernels (dim 0 is K times the unfused dim 0).
+        members: K.
+        threshold, gamma: one value or :class:`Schedule` per member.
+        sigma: one per member for Bop2ndOrder ("Bop and Beyond"); None for Bop.
+        foreach, count_flips: as for :class:`~bopsweep.bnn.optim.Bop`; flips are
+            counted per member.
+    """
+
+    def __init__(
+        self,
+        params,
+        members: int,
+        threshold: Rates,
+        gamma: Rates,
+        sigma: Rates | None = None,
+        *,
+        foreach: bool | None = None,
+        count_flips: bool = True,
+    ) -> None:
+        rates = {"threshold": threshold, "gamma": gamma}
+        if sigma is not None:
+            rates["sigma"] = sigma
+        for name, values in rates.items():
+            if len(values) != members:
+                raise ValueError(f"{len(values)} {name} values for {members} members")
+        defaults = {name: [as_schedule(v).to_dict() for v in vs] for name, vs in rates.items()}
+        defaults.update(foreach=foreach, count_flips=count_flips)
+        super().__init__(params, defaults)
+        self.members = members
+        self.second_order = sigma is not None
+        self.frozen: set[int] = set()
+        for group in self.param_groups:
+            for entry in group["threshold"]:
+                _check_threshold(as_schedule(entry))
+            for name in ("gamma", "sigma"):
+                for entry in group.get(name) or []:
+                    _check_rate(name, as_schedule(entry))
+            group.setdefault("step", 0)
+
+    def current(self, name: str, member: int, group_index: int = 0) -> float:
+        """Member ``member``'s ``gamma`` / ``threshold`` / ``sigma`` at the next step."""
+        group = self.param_groups[group_index]
+        return as_schedule(group[name][member])(group["step"])
+
+    def freeze(self, member: int) -> None:
+        """Stop stepping ``member`` (it diverged, or was stopped early)."""
+        self.frozen.add(member)
+
+    def _state(self, p: Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if self.second_order:
+                state["v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["flips"] = torch.zeros(self.members, dtype=torch.float64, device=p.device)
+            state["flip_steps"] = 0
+        return state
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not self.frozen and self._step_rows():
+            return loss
+        active = [k for k in range(self.members) if k not in self.frozen]
+        for group in self.param_groups:
+            rates = {
+                name: [as_schedule(group[name][k])(group["step"]) for k in active]
+                for name in ("threshold", "gamma", "sigma")
+                if group.get(name) is not None
+            }
+            weights, grads, ms, vs, flips = [], [], [], [], []
+            per_tensor: dict[str, list[float]] = {name: [] for name in rates}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self._state(p)
+                views = [member_view(t, self.members) for t in (p, p.grad, state["m"])]
+                v_view = member_view(state["v"], self.members) if self.second_order else None
+                for position, k in enumerate(active):
+                    weights.append(views[0][k])
+                    grads.append(views[1][k])
+                    ms.append(views[2][k])
+                    if v_view is not None:
+                        vs.append(v_view[k])
+                    flips.append(state["flips"][k])
+                    for name, values in rates.items():
+                        per_tensor[name].append(values[position])
+                if group["count_flips"]:
+                    state["flip_steps"] += 1
+            if weights:
+                foreach = True if group["foreach"] is None else group["foreach"]
+                counts = flips if group["count_flips"] else None
+                if self.second_order:
+                    bop2(weights, grads, ms, vs, counts, foreach=foreach, **per_tensor)
+                else:
+                    bop(weights, grads, ms, counts, foreach=foreach, **per_tensor)
+            group["step"] += 1
+        return loss
+
+    def _step_rows(self) -> bool:
+        """Every member at once, its rates broadcast along its row of each tensor;
+        False (nothing done) when a tensor's layout has gaps."""
+        planned = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self._state(p)
+                tensors = [p, p.grad, state["m"]] + ([state["v"]] if self.second_order else [])
+                if any(t.stride() != p.stride() for t in tensors):
+                    return False
+                rows = [_rows(t, self.members) for t in tensors]
+                if any(r is None for r in rows):
+                    return False
+                planned.append((group, state, rows))
+        tables: dict[int, dict[str, Tensor]] = {}
+        for group, state, rows in planned:
+            rates = tables.get(id(group))
+            if rates is None:
+                rates = tables[id(group)] = {
+                    name: torch.tensor(
+                        [as_schedule(e)(group["step"]) for e in group[name]],
+                        dtype=rows[0].dtype,
+                        device=rows[0].device,
+                    ).view(-1, 1)
+                    for name in ("threshold", "gamma", "sigma")
+                    if group.get(name) is not None
+                }
+            counts = state["flips"] if group["count_flips"] else None
+            w, g, m = rows[:3]
+            _member_bop(w, g, m, rows[3] if self.second_order else None, rates, counts)
+            if group["count_flips"]:
+                state["flip_steps"] += 1
+        for group in self.param_groups:
+            group["step"] += 1
+        return True
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for state in self.state.values():
+            if "flips" in state:
+                state["flips"] = state["flips"].to(torch.float64)
+
+    def read_flips(self, reset: bool = True) -> list[tuple[Tensor, Tensor, int]]:
+        """``(param, flipped_totals [K], steps)`` per kernel stepped since the last reset."""
+        out = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state or not state.get("flip_steps"):
+                    continue
+                out.append((p, state["flips"].clone(), state["flip_steps"]))
+                if reset:
+                    state["flips"].zero_()
+                    state["flip_steps"] = 0
+        return out
+
+
+class MemberOptimizers:
+    """One torch optimizer per member, over that member's views of fused parameters.
+
+    ``factory(member, views)`` builds member ``member``'s optimizer; the views are
+    leaf tensors sharing the fused parameters' memory, so the optimizer's in-place
+    updates land in the fused model. Before each step the members' slices of the
+    fused gradients are attached to the views.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[nn.Parameter],
+        members: int,
+        factory: Callable[[int, list[Tensor]], Optimizer],
+    ) -> None:
+        self.params = list(params)
+        self.members = members
+        self.views = [
+            [member_view(p.detach(), members)[k] for p in self.params] for k in range(members)
+        ]
+        self.optimizers = [factory(k, self.views[k]) for k in range(members)]
+        self.frozen: set[int] = set()
+
+    def freeze(self, member: int) -> None:
+        self.frozen.add(member)
+
+    def set_lr(self, member: int, lr: float) -> None:
+        for group in self.optimizers[member].param_groups:
+            group["lr"] = lr
+
+    def lr(self, member: int) -> float:
+        return self.optimizers[member].param_groups[0]["lr"]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+        for views in self.views:
+            for view in views:
+                view.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            grads = None if p.grad is None else member_view(p.grad, self.members)
+            for k in range(self.members):
+                self.views[k][i].grad = None if grads is None else grads[k]
+        for k, optimizer in enumerate(self.optimizers):
+            if k not in self.frozen:
+                optimizer.step()
+
+    def state_dict(self) -> list[dict]:
+        return [optimizer.state_dict() for optimizer in self.optimizers]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for optimizer, state in zip(self.optimizers, states, strict=True):
+            optimizer.load_state_dict(state)
+
+
+class FusedCaseOptimizer:
+    """Binary kernels to ``binary`` (FusedBop, or per-member Adam on latent weights),
+    every other parameter to ``fp``; each member with its own learning-rate schedule.
+
+    Every trainable parameter of the model must be claimed by exactly one of the two.
+    """
+
+    def __init__(
+        self,
+        model: FusedModel,
+        binary: FusedBop | MemberOptimizers,
+        fp: MemberOptimizers | None,
+        *,
+        clip_binary: bool = False,
+        lr_schedules: Sequence[Schedule] | None = None,
+        count_flips: bool = True,
+    ) -> None:
+        self.members = model.members
+        self.binary = binary
+        self.fp = fp
+        self.clip_binary = clip_binary
+        self.lr_schedules = list(lr_schedules) if lr_schedules is not None else None
+        self.step_count = 0
+        self.frozen: set[int] = set()
+        self._binary_params = (
+            [p for g in binary.param_groups for p in g["params"]]
+            if isinstance(binary, FusedBop)
+            else list(binary.params)
+        )
+        self._check_claims(model)
+        self._own_flips = count_flips and not isinstance(binary, FusedBop)
+        self._flip_totals = {
+            p: torch.zeros(self.members, dtype=torch.float64, device=p.device)
+            for p in self._binary_params
+        }
+        self._flip_steps = 0
+
+    def _check_claims(self, model: nn.Module) -> None:
+        claims: dict[int, int] = {}
+        fp_params = self.fp.params if self.fp is not None else []
+        for p in [*self._binary_params, *fp_params]:
+            claims[id(p)] = claims.get(id(p), 0) + 1
+        for name, p in model.named_parameters():
+            if p.requires_grad and claims.get(id(p), 0) != 1:
+                who = "no optimizer" if not claims.get(id(p)) else "both optimizers"
+                raise ValueError(f"parameter {name!r} is claimed by {who}")
+
+    def _lr_optimizers(self) -> list[MemberOptimizers]:
+        return [o for o in (self.binary, self.fp) if isinstance(o, MemberOptimizers)]
+
+    def current_lr(self, member: int) -> float | None:
+        optimizers = self._lr_optimizers()
+        if not optimizers:
+            return None
+        if self.lr_schedules is not None:
+            return self.lr_schedules[member](self.step_count)
+        return optimizers[-1].lr(member)
+
+    def freeze(self, member: int) -> None:
+        self.frozen.add(member)
+        for optimizer in (self.binary, self.fp):
+            if optimizer is not None:
+                optimizer.freeze(member)
+
+    def zero_grad(self) -> None:
+        self.binary.zero_grad()
+        if self.fp is not None:
+            self.fp.zero_grad()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.lr_schedules is not None:
+            for optimizer in self._lr_optimizers():
+                for k, schedule in enumerate(self.lr_schedules):
+                    optimizer.set_lr(k, schedule(self.step_count))
+        before = [p >= 0 for p in self._binary_params] if self._own_flips else None
+        self.binary.step()
+        if self.fp is not None:
+            self.fp.step()
+        if self.clip_binary:
+            torch._foreach_clamp_min_(self._binary_params, -1.0)
+            torch._foreach_clamp_max_(self._binary_params, 1.0)
+        if before is not None:
+            for p, was_positive in zip(self._binary_params, before, strict=True):
+                changed = member_view((p >= 0) != was_positive, self.members)
+                self._flip_totals[p].add_(changed.flatten(1).sum(1))
+            self._flip_steps += 1
+        self.step_count += 1
+
+    def read_flips(self, reset: bool = True) -> list[tuple[Tensor, Tensor, int]]:
+        """``(param, flipped_totals [K], steps)`` per binary kernel since the last reset."""
+        if isinstance(self.binary, FusedBop):
+            return self.binary.read_flips(reset)
+        if not self._own_flips or not self._flip_steps:
+            return []
+        out = [(p, self._flip_totals[p].clone(), self._flip_steps) for p in self._binary_params]
+        if reset:
+            for total in self._flip_totals.values():
+                total.zero_()
+            self._flip_steps = 0
+        return out
+
+    def state_dict(self) -> dict:
+        return {
+            "binary": self.binary.state_dict(),
+            "fp": None if self.fp is None else self.fp.state_dict(),
+            "step_count": self.step_count,
+            "frozen": sorted(self.frozen),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.binary.load_state_dict(state["binary"])
+        if self.fp is not None and state["fp"] is not None:
+            self.fp.load_state_dict(state["fp"])
+        self.step_count = state["step_count"]
+        for member in state.get("frozen", []):
+            self.freeze(member)
+
+
+def member_flip_metrics(
+    flips: list[tuple[Tensor, Tensor, int]], layer_names: dict[Tensor, str], members: int
+) -> list[dict[str, float]]:
+    """:func:`~bopsweep.bnn.metrics.flip_metrics` per member, with one host sync:
+    the same keys (``flip_ratio``, ``log_flip_ratio``, ``flip_ratio/<layer>``)."""
+    out: list[dict[str, float]] = [{} for _ in range(members)]
+    if not flips:
+        return out
+    totals = torch.stack([total.to("cpu", torch.float64) for _, total, _ in flips]).tolist()
+    flipped = [0.0] * members
+    weighed = [0.0] * members
+    for (param, _, steps), member_totals in zip(flips, totals, strict=True):
+        weight_steps = param.numel() // members * steps
+        for k, total in enumerate(member_totals):
+            out[k][f"flip_ratio/{layer_names[param]}"] = total / weight_steps
+            flipped[k] += total
+            weighed[k] += weight_steps
+    for k in range(members):
+        ratio = flipped[k] / weighed[k] if weighed[k] else math.nan
+        out[k]["flip_ratio"] = ratio
+        out[k]["log_flip_ratio"] = log_flip_ratio(ratio)
+    return out

@@ -1,0 +1,75 @@
+"""Every model of the paper fuses: K members stacked give each member's own outputs.
+
+The fused model is built from K models built under their own seeds; its logits for
+member k must be model k's (the same arithmetic: exactly equal where the fused ops
+reduce in the same order, within float rounding elsewhere), member k's state dict
+must load into model k, and its gradients must be model k's.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from bopsweep.bnn.fused import fuse_models, member_cross_entropy, member_state_dict, member_view
+from bopsweep.bnn.layers import binary_parameters
+from bopsweep.bnn.models import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# The smallest inputs each model takes, to keep the test fast.
+INPUTS = {
+    "mlp": (1, 8, 8),
+    "binarynet": (3, 32, 32),
+    "binary_alexnet": (3, 67, 67),
+    "xnornet": (3, 219, 219),
+    "birealnet": (3, 64, 64),
+}
+
+
+def _models(name: str, members: int) -> list[torch.nn.Module]:
+    models = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        models.append(build_model(name, INPUTS[name], 10))
+    return models
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_fused_forward_backward_and_state_match_each_member(name):
+    members = 2 if name in ("xnornet", "binary_alexnet") else 3
+    models = _models(name, members)
+    fused = fuse_models(models)
+    assert len(binary_parameters(fused)) == len(binary_parameters(models[0]))
+    x = torch.randn(members, 4, *INPUTS[name], generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (members, 4), generator=torch.Generator().manual_seed(1))
+    logits = fused(x)
+    assert logits.shape == (members, 4, 10)
+    member_cross_entropy(logits, y).sum().backward()
+    fused_grads = {n: p.grad for n, p in fused.body.named_parameters()}
+    for k, model in enumerate(models):
+        own = model(x[k])
+        torch.testing.assert_close(logits[k], own, rtol=1e-4, atol=1e-4)
+        F.cross_entropy(own, y[k]).backward()
+        for n, p in model.named_parameters():
+            grad = member_view(fused_grads[n], members)[k]
+            torch.testing.assert_close(grad, p.grad, rtol=1e-3, atol=1e-4)
+        # The running statistics each member's BatchNorms collected are its own.
+        state = member_state_dict(fused, k)
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(state[key], value)
+    # Shared input, in eval mode: every member sees the same batch. (Compared with
+    # the same batch given to each member, not with the unfused models: in eval mode
+    # a binary network turns the first real convolution's rounding into sign flips.)
+    fused.eval()
+    shared = fused(x[0], shared=True)
+    torch.testing.assert_close(shared, fused(x[0].expand(members, *x[0].shape)), rtol=0, atol=0)
+
+
+def test_members_of_different_architectures_do_not_fuse():
+    torch.manual_seed(0)
+    mlp = build_model("mlp", (1, 8, 8), 10)
+    other = build_model("mlp", (1, 8, 8), 3)
+    with pytest.raises((ValueError, RuntimeError)):
+        fuse_models([mlp, other])
