@@ -285,3 +285,24 @@ def _first_error(error: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         message = f"unknown key; valid keys: {', '.join(TrainConfig.model_fields)}"
     return f"{field}: {message}" if field else message
+
+
+# ---------------------------------------------------------------- fused trials
+# What may differ between the members of one fused group (bopsweep.train_fused):
+# each member's optimizers hold their own rates and schedules of them, and its
+# own seed decides its initial weights and batch order. Everything else must match.
+MEMBER_HPARAMS: frozenset[str] = frozenset(
+    f"{rate}{suffix}"
+    for rate in ("threshold", "gamma", "lr")
+    for suffix in ("", "_schedule", "_end", "_decay_factor", "_decay_epochs")
+) | {"sigma", "weight_decay"}
+MEMBER_FIELDS: frozenset[str] = frozenset({"seed", "hparams"})
+
+
+def fusion_key(config: TrainConfig) -> tuple:
+    """What every member of a fused group has in common; configs with equal keys can
+    train as one stacked model."""
+    shared = {k: v for k, v in config.model_dump().items() if k not in MEMBER_FIELDS}
+    hparams = config.resolved_hparams().model_dump()
+    shared.update({f"hparams.{k}": v for k, v in hparams.items() if k not in MEMBER_HPARAMS})
+    return tuple(sorted((k, repr(v)) for k, v in shared.items()))

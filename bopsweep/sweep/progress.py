@@ -17,12 +17,20 @@ from contextlib import contextmanager
 from ray import tune
 
 from bopsweep.sweep.outcome import FLIP_METRIC, SweepOutcome, TrialOutcome
-from bopsweep.sweep.ray_backend import USER_ERROR_KEY, trial_index
+from bopsweep.sweep.ray_backend import (
+    MEMBER_ERROR_KEY,
+    MEMBER_STATUS_KEY,
+    USER_ERROR_KEY,
+    member_indices,
+    member_results,
+)
 
 Listener = Callable[[SweepOutcome], None]
 _LISTENERS: dict[str, Listener] = {}
 # Ray's trial statuses as the sweep's model shows them while it runs.
 RAY_STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
+# A fused member that ended on its own (diverged, stopped early) keeps its status.
+ENDED = ("FAILED", "KILLED")
 
 
 @contextmanager
@@ -39,14 +47,15 @@ def listening(sweep_key: str, listener: Listener | None) -> Iterator[None]:
 
 
 class LiveProgress(tune.Callback):
-    """Driver-side Ray Tune callback that keeps the sweep's model up to date."""
+    """Driver-side Ray Tune callback that keeps the sweep's model up to date. A
+    fused group's Ray trial updates each of its members' rows."""
 
     def __init__(self, outcome: SweepOutcome) -> None:
         self.outcome = outcome
         self._by_index = {t.index: t for t in outcome.trials}
 
-    def _trial(self, ray_trial) -> TrialOutcome:
-        return self._by_index[trial_index(ray_trial)]
+    def _rows(self, ray_trial) -> list[TrialOutcome]:
+        return [self._by_index[i] for i in member_indices(ray_trial) if i in self._by_index]
 
     def notify(self) -> None:
         listener = _LISTENERS.get(self.outcome.parent_run_id)
@@ -56,11 +65,13 @@ class LiveProgress(tune.Callback):
     def sync(self, ray_trials) -> None:
         """Take the statuses and last results of restored trials."""
         for ray_trial in ray_trials:
-            trial = self._by_index.get(trial_index(ray_trial))
-            if trial is None:
-                continue
-            trial.status = RAY_STATUS.get(ray_trial.status, ray_trial.status)
-            self._record(trial, ray_trial.last_result or {})
+            for index, part in member_results(ray_trial).items():
+                trial = self._by_index.get(index)
+                if trial is None:
+                    continue
+                status = RAY_STATUS.get(ray_trial.status, ray_trial.status)
+                trial.status = part.get(MEMBER_STATUS_KEY) or status
+                self._record(trial, part)
         self.notify()
 
     def _record(self, trial: TrialOutcome, result: dict) -> None:
@@ -73,26 +84,36 @@ class LiveProgress(tune.Callback):
                 trial.record(name, step, float(value))
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._trial(trial).status = "RUNNING"
+        for row in self._rows(trial):
+            if row.status not in ENDED:
+                row.status = "RUNNING"
         self.notify()
 
     on_trial_restore = on_trial_start
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        row = self._trial(trial)
         if result.get(USER_ERROR_KEY):
-            row.status, row.error = "FAILED", str(result[USER_ERROR_KEY])
-        else:
-            row.status = "RUNNING"
-            self._record(row, result)
+            for row in self._rows(trial):
+                row.status, row.error = "FAILED", str(result[USER_ERROR_KEY])
+            self.notify()
+            return
+        for index, part in member_results(trial, result).items():
+            row = self._by_index.get(index)
+            if row is None:
+                continue
+            row.status = part.get(MEMBER_STATUS_KEY) or "RUNNING"
+            row.error = part.get(MEMBER_ERROR_KEY) or row.error
+            self._record(row, part)
         self.notify()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        row = self._trial(trial)
-        if row.status != "FAILED":
-            row.status = "FINISHED"
+        for row in self._rows(trial):
+            if row.status not in ENDED:
+                row.status = "FINISHED"
         self.notify()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._trial(trial).status = "FAILED"
+        for row in self._rows(trial):
+            if row.status not in ENDED:
+                row.status = "FAILED"
         self.notify()

@@ -15,17 +15,22 @@ import glob
 import logging
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bopsweep.errors import UserError
 from bopsweep.sweep import mlflow_client
+from bopsweep.sweep.fusion import Group
 from bopsweep.sweep.spec import SweepSpec, Trial
 
 # What a trial reports besides its metrics (see trainable.py): the user error that
 # stopped it, and where its time went.
 USER_ERROR_KEY = "bopsweep_user_error"
 TIMING_PREFIX = "timing/"
+# In a fused group's result, under "members" -> index: a member that ended before
+# the group (FAILED: diverged; KILLED: stopped early) and why.
+MEMBER_STATUS_KEY = "bopsweep_status"
+MEMBER_ERROR_KEY = "bopsweep_error"
 # Ray Tune's own constants, set before it is imported:
 TUNE_ENV = {
     # Its newer console output prints banners whatever the verbosity; the live
@@ -200,14 +205,29 @@ def can_restore(experiment_path: str) -> bool:
     return tune.Tuner.can_restore(experiment_path)
 
 
-def trial_configs(trials: list[Trial]) -> list[dict[str, Any]]:
+def _member_config(t: Trial) -> dict[str, Any]:
+    train = t.train.model_dump()
+    # Ray runs each trial in its own folder: a relative data_dir means the
+    # driver's working directory.
+    train["data_dir"] = str(Path(train["data_dir"]).expanduser().resolve())
+    return {"index": t.index, "name": t.name, "swept": t.swept, "train": train}
+
+
+def trial_configs(groups: list[Group]) -> list[dict[str, Any]]:
+    """Each Ray trial's config: one trial's, or a fused group's with its members'."""
     configs = []
-    for t in trials:
-        train = t.train.model_dump()
-        # Ray runs each trial in its own folder: a relative data_dir means the
-        # driver's working directory.
-        train["data_dir"] = str(Path(train["data_dir"]).expanduser().resolve())
-        configs.append({"index": t.index, "name": t.name, "swept": t.swept, "train": train})
+    for group in groups:
+        if not group.fused:
+            configs.append({**_member_config(group.trials[0]), "dir": group.dirname})
+            continue
+        configs.append(
+            {
+                "index": group.index,
+                "name": group.name,
+                "dir": group.dirname,
+                "members": [_member_config(t) for t in group.trials],
+            }
+        )
     return configs
 
 
@@ -262,7 +282,7 @@ def _callbacks(extra: list) -> list:
 
 def build_tuner(
     spec: SweepSpec,
-    trials: list[Trial],
+    groups: list[Group],
     configs: list[dict[str, Any]],
     sweep_cfg: dict,
     storage: str,
@@ -272,8 +292,12 @@ def build_tuner(
     from ray.tune.schedulers import ASHAScheduler
 
     scheduler = None
-    if spec.scheduler is not None and spec.scheduler.type == "asha":
-        max_t = spec.scheduler.max_t or max(t.train.resolved_hparams().epochs for t in trials)
+    # Fused groups stop their members at ASHA's rungs themselves (trainable.py); a
+    # scheduler above them would stop whole groups.
+    fused = any(g.fused for g in groups)
+    if spec.scheduler is not None and spec.scheduler.type == "asha" and not fused:
+        epochs = (t.train.resolved_hparams().epochs for g in groups for t in g.trials)
+        max_t = spec.scheduler.max_t or max(epochs)
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
             grace_period=spec.scheduler.grace_period,
@@ -291,8 +315,8 @@ def build_tuner(
             # Short trials would otherwise pay a new worker process (and torch import)
             # each; the trainable sets all of its state itself.
             reuse_actors=True,
-            trial_name_creator=lambda t: f"trial_{t.config['trial']['index']:03d}",
-            trial_dirname_creator=lambda t: f"trial_{t.config['trial']['index']:03d}",
+            trial_name_creator=lambda t: t.config["trial"]["dir"],
+            trial_dirname_creator=lambda t: t.config["trial"]["dir"],
         ),
         run_config=tune.RunConfig(
             name=spec.name,
@@ -327,19 +351,34 @@ def restored_trials(experiment_path: str) -> list:
 
 def fit(tuner, experiment_path: str) -> tuple[list, dict[int, str]]:
     """Run the trials; returns Ray's trials (status, config, last result) and the
-    error text of each failed one."""
+    error text of each failed one, by the index of each trial it held."""
     results = tuner.fit()
+    ray_trials = restored_trials(experiment_path)
+    held = {t.config["trial"]["dir"]: member_indices(t) for t in ray_trials}
     errors = {}
     for result in results:
         if result.error is not None:
-            match = re.search(r"trial_(\d+)", str(result.path))
-            if match:
-                errors[int(match.group(1))] = str(result.error)
-    return restored_trials(experiment_path), errors
+            for index in held.get(PurePosixPath(str(result.path)).name, []):
+                errors[index] = str(result.error)
+    return ray_trials, errors
 
 
-def trial_index(ray_trial) -> int:
-    return int(ray_trial.config["trial"]["index"])
+def member_indices(ray_trial) -> list[int]:
+    """The indices of the trials a Ray trial holds (one, or a fused group's)."""
+    config = ray_trial.config["trial"]
+    if "members" in config:
+        return [int(m["index"]) for m in config["members"]]
+    return [int(config["index"])]
+
+
+def member_results(ray_trial, result: dict | None = None) -> dict[int, dict]:
+    """Each held trial's part of a Ray result (a fused group reports its members')."""
+    result = ray_trial.last_result if result is None else result
+    result = result or {}
+    if "members" in ray_trial.config["trial"]:
+        members = result.get("members") or {}
+        return {i: dict(members.get(str(i)) or {}) for i in member_indices(ray_trial)}
+    return {int(ray_trial.config["trial"]["index"]): dict(result)}
 
 
 def shutdown() -> None:

@@ -31,6 +31,7 @@ from typing import Any
 from bopsweep import __version__
 from bopsweep.errors import UserError
 from bopsweep.sweep import logs, mlflow_client, ray_backend
+from bopsweep.sweep.fusion import Group, plan_groups
 from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
 from bopsweep.sweep.spec import LoadedSpec, Trial, expand
 from bopsweep.sweep.state import Resume, SweepFolder, decide_resume, resolve_storage
@@ -99,6 +100,7 @@ class SweepPlan:
     folder: SweepFolder
     address: str | None
     resume: Resume
+    groups: list[Group] = field(default_factory=list)
 
     @property
     def spec(self):
@@ -139,7 +141,8 @@ def preflight(loaded: LoadedSpec, options: RunOptions) -> SweepPlan:
         restart=options.restart,
         restorable=ray_backend.can_restore(folder.path),
     )
-    return SweepPlan(loaded, trials, uri, folder, address, resume)
+    groups = plan_groups(spec, trials)
+    return SweepPlan(loaded, trials, uri, folder, address, resume, groups)
 
 
 def _check_local_resources(spec, trials: list[Trial]) -> None:
@@ -242,8 +245,8 @@ def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timel
     from bopsweep.sweep import datacache, progress
 
     spec = plan.spec
-    ray_backend.set_snapshot_period(len(plan.trials))
-    configs = ray_backend.trial_configs(plan.trials)
+    ray_backend.set_snapshot_period(len(plan.groups))
+    configs = ray_backend.trial_configs(plan.groups)
     sweep_cfg = {
         "tracking_uri": outcome.tracking_uri,
         "experiment_id": outcome.experiment_id,
@@ -251,6 +254,10 @@ def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timel
         "checkpoint_every": spec.checkpoint.every,
         "checkpoint_every_s": spec.checkpoint.every_s,
         "cpus_per_trial": spec.resources.cpu,
+        # Fused groups stop members at ASHA's rungs themselves (trainable.py).
+        "scheduler": None if spec.scheduler is None else spec.scheduler.model_dump(),
+        "metric": spec.metric.name,
+        "mode": spec.metric.mode,
         # How long a finished trial keeps retrying an unreachable tracking server.
         "drain_timeout_s": float(os.environ.get("BOPSWEEP_TRACKING_DRAIN_S", "120")),
     }
@@ -263,7 +270,7 @@ def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timel
         live = progress.LiveProgress(outcome)
         extra = [live]
         tuner = ray_backend.build_tuner(
-            spec, plan.trials, configs, sweep_cfg, plan.folder.storage, extra
+            spec, plan.groups, configs, sweep_cfg, plan.folder.storage, extra
         )
     # One copy of a file-backed dataset per node, shared by its trials.
     caches = datacache.start(outcome.parent_run_id, {t.train.dataset for t in plan.trials})
@@ -284,13 +291,25 @@ def settle(plan: SweepPlan, outcome: SweepOutcome, ray_trials: list, errors: dic
     A run still RUNNING in MLflow was stopped by the scheduler, killed or
     interrupted: it is never left RUNNING.
     """
-    by_ray = {ray_backend.trial_index(t): t for t in ray_trials}
-    statuses = {i: t.status for i, t in by_ray.items()}
-    last_results = {i: (t.last_result or {}) for i, t in by_ray.items()}
-    user_errors = {
-        i: str(r[ray_backend.USER_ERROR_KEY])
-        for i, r in last_results.items()
-        if r.get(ray_backend.USER_ERROR_KEY)
+    statuses, last_results = {}, {}
+    for ray_trial in ray_trials:
+        for index, part in ray_backend.member_results(ray_trial).items():
+            statuses[index] = ray_trial.status
+            last_results[index] = part
+    # A user error ends a fused group's Ray trial, hence each of its members.
+    user_errors = {}
+    for ray_trial in ray_trials:
+        error = (ray_trial.last_result or {}).get(ray_backend.USER_ERROR_KEY)
+        for index in ray_backend.member_indices(ray_trial) if error else []:
+            user_errors[index] = str(error)
+    # Fused members that diverged say so in the group's results.
+    errors = {
+        **errors,
+        **{
+            i: str(r[ray_backend.MEMBER_ERROR_KEY])
+            for i, r in last_results.items()
+            if r.get(ray_backend.MEMBER_ERROR_KEY)
+        },
     }
     if user_errors:
         outcome.stopped = next(iter(user_errors.values()))
@@ -305,6 +324,10 @@ def settle(plan: SweepPlan, outcome: SweepOutcome, ray_trials: list, errors: dic
         status = RAY_TO_RUN_STATUS.get(statuses.get(index, "PENDING"), "KILLED")
         if index in user_errors:
             return "FAILED"
+        # A fused member that diverged or was stopped early ended on its own.
+        own = last_results.get(index, {}).get(ray_backend.MEMBER_STATUS_KEY)
+        if own:
+            return own
         epochs = int(last_results.get(index, {}).get("epoch", -1)) + 1
         if outcome.stopped and status == "FINISHED" and epochs < (planned[index] or 0):
             return "KILLED"  # stopped with the sweep, not finished
@@ -332,8 +355,9 @@ def settle(plan: SweepPlan, outcome: SweepOutcome, ray_trials: list, errors: dic
         for trial in outcome.trials:
             trial.status = wanted[trial.index]
             trial.error = user_errors.get(trial.index) or errors.get(trial.index)
+    dirs = {t.index: g.dirname for g in plan.groups for t in g.trials}
     for trial in outcome.trials:
-        trial.log_file = _error_file(plan.folder, trial.index)
+        trial.log_file = _error_file(plan.folder, dirs.get(trial.index))
 
 
 def short_trials(outcome: SweepOutcome, reported: dict[int, int]) -> list[TrialOutcome]:
@@ -341,11 +365,11 @@ def short_trials(outcome: SweepOutcome, reported: dict[int, int]) -> list[TrialO
     return [t for t in outcome.trials if t.epochs(outcome.metric) < reported.get(t.index, 0)]
 
 
-def _error_file(folder: SweepFolder, index: int) -> str | None:
+def _error_file(folder: SweepFolder, dirname: str | None) -> str | None:
     local = folder.local
-    if local is None:
+    if local is None or dirname is None:
         return None
-    path = local / f"trial_{index:03d}" / "error.txt"
+    path = local / dirname / "error.txt"
     return str(path) if path.is_file() else None
 
 
@@ -393,6 +417,10 @@ def run_sweep(
     timeline.mark("preflight")
     where = f"the Ray cluster at {plan.address}" if plan.address else "a local Ray instance"
     resumed = " (resuming)" if plan.resume.resuming else ""
+    fused = [g for g in plan.groups if g.fused]
+    if fused:
+        members = sum(len(g.trials) for g in fused)
+        resumed += f" ({members} trained as {len(fused)} fused groups)"
     say(f"{len(plan.trials)} trials{resumed}: starting {where}, tracking to {plan.tracking_uri}")
     ray_backend.configure_environment()
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bopsweep.config import HPARAM_KEYS, TrainConfig, make_train_config
 from bopsweep.errors import UserError
@@ -147,6 +147,24 @@ class SweepSpec(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: str | None = None
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    fuse: Literal["auto", "off"] | int = Field(
+        "auto",
+        description="train trials that differ only in per-member values (threshold, "
+        "gamma, sigma, lr, weight decay, their schedules, seed) as one stacked model: "
+        "auto (where measured to pay on the device), off, or N (groups of at most N)",
+    )
+
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse_words(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false (and `on` as true).
+        if value is False:
+            return "off"
+        if value is True:
+            return "auto"
+        if value in ("auto", "off") or (isinstance(value, int) and value >= 1):
+            return value
+        raise ValueError(f"fuse takes auto, off or a group size (an integer >= 1), got {value!r}")
 
     @model_validator(mode="after")
     def _known_parameters(self) -> SweepSpec:

@@ -108,18 +108,10 @@ class _ReportToTune(Callback):
             self.tracker.flush()
             self.timings["drain_s"] += time.perf_counter() - started
         if not self.policy.due(trainer.epoch, last):
-            tune.report({**metrics, **_timing_keys(self.timings)})
+            _report(metrics, self.timings, None, {})
             return
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(trainer.state_dict(), Path(folder) / STATE_FILE)
-            meta = {"run_id": self.tracker.run_id, "epoch": trainer.epoch}
-            (Path(folder) / META_FILE).write_text(json.dumps(meta))
-            checkpoint = tune.Checkpoint.from_directory(folder)
-            # Ray copies the folder to the sweep's storage inside report().
-            self.timings["checkpoints"] += 1
-            self.timings["checkpoint_s"] += time.perf_counter() - started
-            tune.report({**metrics, **_timing_keys(self.timings)}, checkpoint=checkpoint)
+        meta = {"run_id": self.tracker.run_id, "epoch": trainer.epoch}
+        _report(metrics, self.timings, trainer.state_dict(), meta)
         self.policy.taken()
 
 
@@ -143,10 +135,8 @@ def extra_callbacks(trial_index: int) -> list[Callback]:
     return callbacks
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """The Ray Tune function trainable of every bopsweep sweep."""
-    entered = time.perf_counter()
-    trial, sweep = config["trial"], config["sweep"]
+def _enter(sweep: dict) -> dict[str, float]:
+    """What every trial sets up first; returns its timings."""
     torch.set_num_threads(_threads(sweep["cpus_per_trial"]))
     # The tracker retries with its own backoff, between epochs; MLflow's client must
     # not block training for minutes retrying a server that is down.
@@ -155,6 +145,53 @@ def run_trial(config: dict[str, Any]) -> None:
     # started_at (wall clock) places the trial on the sweep's timeline.
     timings = {"started_at": time.time(), "setup_s": 0.0, "train_s": 0.0, "drain_s": 0.0}
     timings.update(checkpoint_s=0.0, checkpoints=0)
+    return timings
+
+
+def _tracker(sweep: dict, member: dict, params: dict, tags: dict) -> TrialTracker:
+    return TrialTracker(
+        sweep["tracking_uri"],
+        sweep["experiment_id"],
+        sweep["parent_run_id"],
+        member["index"],
+        member["name"],
+        tags={**{f"swept.{k}": str(v) for k, v in member["swept"].items()}, **tags},
+        params=flatten(params),
+        drain_timeout_s=float(sweep.get("drain_timeout_s", 120.0)),
+    )
+
+
+def _load_state(checkpoint) -> dict:
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, weights_only=False)
+
+
+def _report(metrics: dict, timings: dict, state: dict | None, meta: dict) -> None:
+    """``tune.report``, with a checkpoint of ``state`` when given."""
+    if state is None:
+        tune.report({**metrics, **_timing_keys(timings)})
+        return
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, Path(folder) / STATE_FILE)
+        (Path(folder) / META_FILE).write_text(json.dumps(meta))
+        checkpoint = tune.Checkpoint.from_directory(folder)
+        # Ray copies the folder to the sweep's storage inside report().
+        timings["checkpoints"] += 1
+        timings["checkpoint_s"] += time.perf_counter() - started
+        tune.report({**metrics, **_timing_keys(timings)}, checkpoint=checkpoint)
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable of every bopsweep sweep."""
+    if "members" in config["trial"]:
+        from bopsweep.sweep.fused_trial import run_group
+
+        run_group(config)
+        return
+    entered = time.perf_counter()
+    trial, sweep = config["trial"], config["sweep"]
+    timings = _enter(sweep)
     try:
         train_config = TrainConfig.model_validate(trial["train"])
         data = datacache.shared_dataset(sweep["parent_run_id"], train_config)
@@ -171,27 +208,16 @@ def run_trial(config: dict[str, Any]) -> None:
     }
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(_load_state(checkpoint))
         if trainer.epoch >= trainer.hparams.epochs:
             # Finished before the driver died, after Ray's last snapshot of the
             # sweep: its run is complete; the driver settles its status.
             return
-    tracker = TrialTracker(
-        sweep["tracking_uri"],
-        sweep["experiment_id"],
-        sweep["parent_run_id"],
-        trial["index"],
-        trial["name"],
-        tags={
-            **{f"swept.{k}": str(v) for k, v in trial["swept"].items()},
-            **_placement_tags(),
-            "bopsweep.dataset_copy": "node (Ray object store)" if data else "trial",
-        },
-        params=flatten(resolved),
-        drain_timeout_s=float(sweep.get("drain_timeout_s", 120.0)),
-    )
+    tags = {
+        **_placement_tags(),
+        "bopsweep.dataset_copy": "node (Ray object store)" if data else "trial",
+    }
+    tracker = _tracker(sweep, trial, resolved, tags)
     # Epochs a crash left in the tracker's queue are sent again from the checkpoint's
     # history; the steps the run already holds are skipped.
     for metrics in trainer.history:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bopsweep.bnn.layers import QuantConv2d, QuantLinear
+from bopsweep.bnn.layers import QuantLinear
 
 
 def member_view(tensor: Tensor, members: int) -> Tensor:

@@ -1,0 +1,122 @@
+"""Which trials of a sweep train fused: one Ray trial holding a stacked model of K members.
+
+Trials whose configs differ only in per-member values (:func:`bopsweep.config.fusion_key`)
+can share one process and one model (:mod:`bopsweep.train_fused`). The spec's
+``fuse`` key decides:
+
+* ``off``: one Ray trial per trial, as always;
+* ``N`` (an integer): groups of at most N members;
+* ``auto`` (the default): fuse where fusion was measured to pay on the device the
+  trials use (:data:`MEASURED_GAIN`, from ``bopsweep bench --only fusion``), into as
+  many groups as trials can run at once, so every CPU slot still has work.
+
+Each member keeps its own index, name, MLflow child run and status; only the Ray
+trial, its process and its checkpoint are shared. Nothing here imports torch or Ray:
+``bopsweep plan`` shows the groups.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bopsweep.config import fusion_key
+from bopsweep.sweep.spec import SweepSpec, Trial
+
+# Member throughput of a fused group over separate trials, as measured by the fusion
+# section of `bopsweep bench` (docs/benchmarks.md), by device type and model.
+# `auto` fuses where the gain is above 1.2x. Not measured (no entry): not fused.
+MEASURED_GAIN: dict[tuple[str, str], float] = {
+    ("cpu", "mlp"): 2.0,
+    ("cpu", "binarynet"): 1.0,
+}
+AUTO_MIN_GAIN = 1.2
+# Members per group under `auto`: beyond this a group's memory grows with no gain.
+AUTO_MAX_MEMBERS = 16
+
+
+@dataclass(frozen=True)
+class Group:
+    """One Ray trial: a single trial, or K trials trained fused."""
+
+    trials: tuple[Trial, ...]
+
+    @property
+    def index(self) -> int:
+        return self.trials[0].index
+
+    @property
+    def fused(self) -> bool:
+        return len(self.trials) > 1
+
+    @property
+    def dirname(self) -> str:
+        """The Ray trial's name and folder."""
+        if not self.fused:
+            return f"trial_{self.index:03d}"
+        return f"fused_{self.index:03d}"
+
+    @property
+    def name(self) -> str:
+        if not self.fused:
+            return self.trials[0].name
+        return f"{self.dirname} ({len(self.trials)} trials)"
+
+
+def _device_type(spec: SweepSpec, trial: Trial) -> str:
+    device = trial.train.device
+    if device == "auto":
+        return "cuda" if spec.resources.gpu > 0 else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def auto_fuses(spec: SweepSpec, trial: Trial) -> bool:
+    """Whether ``fuse: auto`` fuses this trial with others like it."""
+    gain = MEASURED_GAIN.get((_device_type(spec, trial), trial.train.model), 0.0)
+    return gain >= AUTO_MIN_GAIN
+
+
+def concurrent_slots(spec: SweepSpec, cpus: int | None = None) -> int:
+    """How many trials this machine runs at once (its CPUs over each trial's share)."""
+    cpus = cpus or os.cpu_count() or 1
+    slots = max(1, int(cpus // spec.resources.cpu))
+    if spec.max_concurrent_trials:
+        slots = min(slots, spec.max_concurrent_trials)
+    return slots
+
+
+def _split(trials: Sequence[Trial], size_limit: int, parts_wanted: int) -> list[list[Trial]]:
+    """``trials`` in consecutive, near-equal parts: at least ``parts_wanted`` (if there
+    are that many trials) and none above ``size_limit``."""
+    parts = max(math.ceil(len(trials) / size_limit), min(parts_wanted, len(trials)), 1)
+    size, extra = divmod(len(trials), parts)
+    out, start = [], 0
+    for part in range(parts):
+        end = start + size + (1 if part < extra else 0)
+        out.append(list(trials[start:end]))
+        start = end
+    return out
+
+
+def plan_groups(spec: SweepSpec, trials: Sequence[Trial], cpus: int | None = None) -> list[Group]:
+    """The Ray trials of a sweep, in trial order of their first member."""
+    fuse = spec.fuse
+    if fuse == "off" or fuse == 1 or spec.method not in ("grid", "random"):
+        return [Group((t,)) for t in trials]
+    candidates: dict[tuple, list[Trial]] = {}
+    singles: list[Trial] = []
+    for trial in trials:
+        if fuse == "auto" and not auto_fuses(spec, trial):
+            singles.append(trial)
+        else:
+            candidates.setdefault(fusion_key(trial.train), []).append(trial)
+    limit = AUTO_MAX_MEMBERS if fuse == "auto" else int(fuse)
+    # Under auto, as many groups as trials run at once, so no slot sits idle;
+    # with an explicit size, exactly as few groups as that size allows.
+    wanted = concurrent_slots(spec, cpus) if fuse == "auto" else 1
+    groups = [Group((t,)) for t in singles]
+    for similar in candidates.values():
+        groups += [Group(tuple(part)) for part in _split(similar, limit, wanted)]
+    return sorted(groups, key=lambda g: g.index)
