@@ -176,11 +176,14 @@ def plan(spec: SpecArg, set_: SetOpt = None) -> None:
     """Validate a sweep spec and show its trials, without starting anything."""
     from rich.table import Table
 
+    from bopsweep.sweep.fusion import plan_groups
     from bopsweep.sweep.spec import expand, load_spec
 
     loaded = load_spec(spec, set_ or [])
     trials = expand(loaded)
     s = loaded.spec
+    groups = plan_groups(s, trials)
+    ray_trial = {t.index: g.dirname for g in groups for t in g.trials}
     out = _make_console()
     resources = f"{s.resources.cpu:g} CPU" + (
         f", {s.resources.gpu:g} GPU" if s.resources.gpu else ""
@@ -193,6 +196,9 @@ def plan(spec: SpecArg, set_: SetOpt = None) -> None:
     table.add_column("model / dataset")
     table.add_column("hparams set")
     table.add_column("epochs", justify="right")
+    fused = any(g.fused for g in groups)
+    if fused:
+        table.add_column("Ray trial")
     total_epochs = 0
     for trial in trials:
         epochs = trial.train.resolved_hparams().epochs
@@ -203,8 +209,16 @@ def plan(spec: SpecArg, set_: SetOpt = None) -> None:
             f"{trial.train.model} / {trial.train.dataset}",
             trial.train.hparams_set,
             str(epochs),
+            *([ray_trial[trial.index]] if fused else []),
         )
     out.print(table)
+    if fused:
+        out.print(
+            f"{len(trials)} trials in {len(groups)} Ray trials: trials that differ only in "
+            "per-member values train fused, as one stacked model (fuse: "
+            f"{s.fuse}; --set fuse=off to run each alone)",
+            highlight=False,
+        )
     concurrency = (
         f", at most {s.max_concurrent_trials} at a time" if s.max_concurrent_trials else ""
     )

@@ -31,6 +31,7 @@ from bopsweep.bnn.fused import (
     MemberOptimizers,
     fuse_models,
     member_cross_entropy,
+    member_view,
 )
 from bopsweep.bnn.fused.optim import member_flip_metrics
 from bopsweep.bnn.layers import binary_layers, binary_parameters, use_latent_weights
@@ -158,6 +159,7 @@ class FusedTrainer:
         self.histories: list[list[dict[str, float]]] = [[] for _ in configs]
         # Why a member stopped before the last epoch ("diverged: ...", "stopped early").
         self.stopped: dict[int, str] = {}
+        self._kept_buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     # ----------------------------------------------------------------- members
     @property
@@ -165,9 +167,22 @@ class FusedTrainer:
         return [k for k in range(self.members) if k not in self.stopped]
 
     def stop(self, member: int, reason: str) -> None:
-        """Freeze ``member``: its weights and optimizer state stop changing."""
+        """Freeze ``member``: its weights, optimizer state and BatchNorm statistics
+        stop changing."""
         self.stopped[member] = reason
         self.optimizer.freeze(member)
+        # Training-mode forward passes still update every member's running statistics.
+        self._kept_buffers[member] = [
+            (view, view.clone())
+            for buffer in self.model.buffers()
+            if buffer.dim() > 0
+            for view in [member_view(buffer, self.members)[member]]
+        ]
+
+    def _restore_frozen_buffers(self) -> None:
+        for kept in self._kept_buffers.values():
+            for view, value in kept:
+                view.copy_(value)
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -238,6 +253,7 @@ class FusedTrainer:
             seen += batch
             for cb in callbacks:
                 cb.on_batch_end(self, step)
+        self._restore_frozen_buffers()
         losses_out, corrects = loss_sum.tolist(), correct.tolist()
         return [
             {"train_loss": losses_out[k] / seen, "train_accuracy": corrects[k] / seen}

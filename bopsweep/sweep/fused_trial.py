@@ -10,10 +10,10 @@ repeated step (each member's tracker skips the steps its run holds), its own sta
 * Early stopping: with an ASHA scheduler in the spec, the group applies successive
   halving to its own members at ASHA's rungs (``grace_period * reduction_factor**i``
   epochs): at each rung only the best ``ceil(n / reduction_factor)`` of the ``n``
-  members still training go on; the others are frozen, their runs KILLED and tagged
-  ``bopsweep.stopped_early``. Members are compared within their group (the groups of
-  a sweep are not compared with each other); a frozen member keeps its slot in the
-  fused model until the group ends.
+  members still training go on. The others are frozen; their runs end FINISHED (as
+  Ray Tune ends the trials its scheduler stops) and tagged ``bopsweep.stopped_early``.
+  Members are compared within their group (groups are not compared with each other);
+  a frozen member keeps its slot in the fused model until the group ends.
 
 The group reports to Ray Tune once per epoch: each member's metrics under
 ``members.<index>`` and the best member's value of the sweep's metric at the top.
@@ -127,7 +127,7 @@ class _ReportGroupToTune(FusedCallback):
             for k in self.halving.losers(trainer.epoch, values):
                 trainer.stop(k, STOPPED_EARLY)
         for k, reason in trainer.stopped.items():
-            self._end_member(k, "KILLED" if reason == STOPPED_EARLY else "FAILED", reason)
+            self._end_member(k, "FINISHED" if reason == STOPPED_EARLY else "FAILED", reason)
         for cb in self.extra:
             cb.on_epoch_end(trainer, metrics)
         epoch_metrics = [m for m in metrics if m is not None]
@@ -153,7 +153,7 @@ class _ReportGroupToTune(FusedCallback):
             part = dict(metrics[k] or (trainer.histories[k][-1] if trainer.histories[k] else {}))
             if k in trainer.stopped:
                 reason = trainer.stopped[k]
-                part[MEMBER_STATUS_KEY] = "KILLED" if reason == STOPPED_EARLY else "FAILED"
+                part[MEMBER_STATUS_KEY] = "FINISHED" if reason == STOPPED_EARLY else "FAILED"
                 if reason != STOPPED_EARLY:
                     part[MEMBER_ERROR_KEY] = reason
             members[str(index)] = part

@@ -30,7 +30,7 @@ _LISTENERS: dict[str, Listener] = {}
 # Ray's trial statuses as the sweep's model shows them while it runs.
 RAY_STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
 # A fused member that ended on its own (diverged, stopped early) keeps its status.
-ENDED = ("FAILED", "KILLED")
+ENDED = ("FINISHED", "FAILED", "KILLED")
 
 
 @contextmanager

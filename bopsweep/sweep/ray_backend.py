@@ -28,7 +28,7 @@ from bopsweep.sweep.spec import SweepSpec, Trial
 USER_ERROR_KEY = "bopsweep_user_error"
 TIMING_PREFIX = "timing/"
 # In a fused group's result, under "members" -> index: a member that ended before
-# the group (FAILED: diverged; KILLED: stopped early) and why.
+# the group (FAILED: diverged; FINISHED: stopped early) and why.
 MEMBER_STATUS_KEY = "bopsweep_status"
 MEMBER_ERROR_KEY = "bopsweep_error"
 # Ray Tune's own constants, set before it is imported:

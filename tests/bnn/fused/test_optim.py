@@ -62,9 +62,13 @@ def test_fused_bop_is_bit_identical_to_separate_steps(second_order, foreach, cha
     members = _members(0, channels_last)
     k = len(members)
     fused = [
-        nn.Parameter(torch.cat([m[i].detach() for m in members]).contiguous(
-            memory_format=torch.channels_last if members[0][i].dim() == 4 and channels_last
-            else torch.contiguous_format))
+        nn.Parameter(
+            torch.cat([m[i].detach() for m in members]).contiguous(
+                memory_format=torch.channels_last
+                if members[0][i].dim() == 4 and channels_last
+                else torch.contiguous_format
+            )
+        )
         for i in range(len(SHAPES))
     ]
     sigmas = SIGMAS if second_order else None
@@ -138,8 +142,13 @@ def test_rates_are_validated_per_member():
 def test_member_optimizers_step_each_member_as_torch_does_alone(kind):
     k, lrs = 3, [1e-2, 1e-3, 0.5]
     generator = torch.Generator().manual_seed(0)
-    alone = [[nn.Parameter(torch.randn(4, 3, generator=generator)),
-              nn.Parameter(torch.randn(4, generator=generator))] for _ in range(k)]
+    alone = [
+        [
+            nn.Parameter(torch.randn(4, 3, generator=generator)),
+            nn.Parameter(torch.randn(4, generator=generator)),
+        ]
+        for _ in range(k)
+    ]
     fused = [nn.Parameter(torch.cat([a[i].detach() for a in alone])) for i in range(2)]
 
     def make(params, lr):
@@ -150,8 +159,10 @@ def test_member_optimizers_step_each_member_as_torch_does_alone(kind):
     members = MemberOptimizers(fused, k, lambda m, views: make(views, lrs[m]))
     separate = [make(params, lrs[m]) for m, params in enumerate(alone)]
     for _ in range(3):
-        grads = [[torch.randn(4, 3, generator=generator), torch.randn(4, generator=generator)]
-                 for _ in range(k)]
+        grads = [
+            [torch.randn(4, 3, generator=generator), torch.randn(4, generator=generator)]
+            for _ in range(k)
+        ]
         for i, p in enumerate(fused):
             p.grad = torch.cat([grads[m][i] for m in range(k)])
         for m, params in enumerate(alone):
