@@ -29,6 +29,7 @@ from bopsweep.bnn.fused import (
     FusedBop,
     FusedCaseOptimizer,
     MemberOptimizers,
+    SharedOptimizer,
     fuse_models,
     member_cross_entropy,
     member_view,
@@ -58,6 +59,8 @@ class FusedCallback:
 
 def _fp_factory(hparams: Sequence[HParams], steps_per_epoch: int):
     def factory(member: int, views: list[torch.Tensor]) -> torch.optim.Optimizer:
+        # Views of one member, or whole fused tensors (shared settings): kernels
+        # have more than one dimension either way.
         hp = hparams[member]
         lr = hp.schedule("lr", steps_per_epoch)(0)
         # L2 on full-precision kernels only, as in train.build_optimizer.
@@ -75,6 +78,12 @@ def _fp_factory(hparams: Sequence[HParams], steps_per_epoch: int):
     return factory
 
 
+def _fp_settings(hp: HParams) -> tuple:
+    """What a member's full-precision optimizer depends on."""
+    lr = tuple((k, getattr(hp, k)) for k in sorted(HParams.model_fields) if k.startswith("lr"))
+    return (hp.fp_optimizer, hp.weight_decay, lr)
+
+
 def build_fused_optimizer(
     model, hparams: Sequence[HParams], steps_per_epoch: int
 ) -> FusedCaseOptimizer:
@@ -84,9 +93,13 @@ def build_fused_optimizer(
     binary_ids = {id(p) for p in binary}
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in binary_ids]
     lr_schedules = [hp.schedule("lr", steps_per_epoch) for hp in hparams]
-    fp = (
-        MemberOptimizers(others, members, _fp_factory(hparams, steps_per_epoch)) if others else None
-    )
+    factory = _fp_factory(hparams, steps_per_epoch)
+    if not others:
+        fp = None
+    elif len({_fp_settings(hp) for hp in hparams}) == 1:
+        fp = SharedOptimizer(others, members, factory(0, others))
+    else:
+        fp = MemberOptimizers(others, members, factory)
     kind = hparams[0].optimizer
     if kind == "latent":
         latent = MemberOptimizers(

@@ -13,6 +13,8 @@ Sections, in the order they run:
 * ``logging``: the time an epoch waits for MLflow logging against the epoch.
 * ``sweep_overhead``: a real Ray Tune + MLflow sweep against its trials run directly.
 * ``memory``: peak RSS of training and of a sweep; one dataset copy per node.
+* ``fusion``: the quickstart fused vs unfused; BinaryNet with K members fused vs K
+  separate trainers.
 * ``cli_startup``: the commands that need no torch against ``import torch``.
 
 bf16 is measured only where the device computes it natively
@@ -40,6 +42,7 @@ from bopsweep.bench import (
     bop_step,
     cli_startup,
     data_pipeline,
+    fusion,
     logging,
     memory,
     sweep_overhead,
@@ -54,6 +57,7 @@ _MODULES: dict[str, ModuleType] = {
     "logging": logging,
     "sweep_overhead": sweep_overhead,
     "memory": memory,  # after sweep_overhead: it reports the sweep's peak memory
+    "fusion": fusion,
     "cli_startup": cli_startup,
 }
 SECTIONS = tuple(_MODULES)

@@ -25,13 +25,19 @@ from bopsweep.bnn.fused.layers import (
     member_state_dict,
     member_view,
 )
-from bopsweep.bnn.fused.optim import FusedBop, FusedCaseOptimizer, MemberOptimizers
+from bopsweep.bnn.fused.optim import (
+    FusedBop,
+    FusedCaseOptimizer,
+    MemberOptimizers,
+    SharedOptimizer,
+)
 
 __all__ = [
     "FusedBop",
     "FusedCaseOptimizer",
     "FusedModel",
     "MemberOptimizers",
+    "SharedOptimizer",
     "fuse_models",
     "member_cross_entropy",
     "member_state_dict",

@@ -9,6 +9,9 @@
 * :class:`MemberOptimizers`: one stock torch optimizer (Adam, SGD) per member over
   that member's views of the fused parameters, so each member keeps its own learning
   rate, weight decay and moments, computed exactly as torch computes them.
+* :class:`SharedOptimizer`: one torch optimizer over the whole fused parameters when
+  every member has the same settings (a threshold x gamma grid): elementwise the
+  same update, in one pass.
 * :class:`FusedCaseOptimizer`: the one optimizer object the fused loop steps, as
   :class:`~bopsweep.bnn.optim.CaseOptimizer` is for one model, with per-member
   learning-rate schedules, flip counts and freezing (a member that diverged stops
@@ -29,7 +32,13 @@ from bopsweep.bnn.metrics import log_flip_ratio
 from bopsweep.bnn.optim import _BOP2_EPS, _check_rate, _check_threshold, _flat, bop, bop2
 from bopsweep.bnn.schedules import Schedule, as_schedule
 
-__all__ = ["FusedBop", "FusedCaseOptimizer", "MemberOptimizers", "member_flip_metrics"]
+__all__ = [
+    "FusedBop",
+    "FusedCaseOptimizer",
+    "MemberOptimizers",
+    "SharedOptimizer",
+    "member_flip_metrics",
+]
 
 Rates = Sequence[float | Schedule]
 
@@ -293,6 +302,49 @@ class MemberOptimizers:
             optimizer.load_state_dict(state)
 
 
+class SharedOptimizer:
+    """One torch optimizer over whole fused parameters, for members that share its
+    settings (learning rate and its schedule, weight decay): the same elementwise
+    update as :class:`MemberOptimizers` in one pass instead of K. A frozen member's
+    slices are put back after each step."""
+
+    def __init__(self, params: Sequence[nn.Parameter], members: int, optimizer: Optimizer):
+        self.params = list(params)
+        self.members = members
+        self.optimizer = optimizer
+        self.frozen: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+    def freeze(self, member: int) -> None:
+        self.frozen[member] = [
+            (view, view.detach().clone())
+            for p in self.params
+            for view in [member_view(p.detach(), self.members)[member]]
+        ]
+
+    def set_lr(self, member: int, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def lr(self, member: int) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.optimizer.step()
+        for kept in self.frozen.values():
+            for view, value in kept:
+                view.copy_(value)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
 class FusedCaseOptimizer:
     """Binary kernels to ``binary`` (FusedBop, or per-member Adam on latent weights),
     every other parameter to ``fp``; each member with its own learning-rate schedule.
@@ -303,8 +355,8 @@ class FusedCaseOptimizer:
     def __init__(
         self,
         model: FusedModel,
-        binary: FusedBop | MemberOptimizers,
-        fp: MemberOptimizers | None,
+        binary: FusedBop | MemberOptimizers | SharedOptimizer,
+        fp: MemberOptimizers | SharedOptimizer | None,
         *,
         clip_binary: bool = False,
         lr_schedules: Sequence[Schedule] | None = None,
@@ -340,8 +392,8 @@ class FusedCaseOptimizer:
                 who = "no optimizer" if not claims.get(id(p)) else "both optimizers"
                 raise ValueError(f"parameter {name!r} is claimed by {who}")
 
-    def _lr_optimizers(self) -> list[MemberOptimizers]:
-        return [o for o in (self.binary, self.fp) if isinstance(o, MemberOptimizers)]
+    def _lr_optimizers(self) -> list[MemberOptimizers | SharedOptimizer]:
+        return [o for o in (self.binary, self.fp) if o is not None and not isinstance(o, FusedBop)]
 
     def current_lr(self, member: int) -> float | None:
         optimizers = self._lr_optimizers()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from bopsweep.bnn.fused import FusedBop, MemberOptimizers, member_view
+from bopsweep.bnn.fused import FusedBop, MemberOptimizers, SharedOptimizer, member_view
 from bopsweep.bnn.optim import Bop, Bop2ndOrder
 from bopsweep.bnn.schedules import Schedule
 
@@ -174,3 +174,27 @@ def test_member_optimizers_step_each_member_as_torch_does_alone(kind):
     for i, p in enumerate(fused):
         for m in range(k):
             assert torch.equal(member_view(p, k)[m], alone[m][i])
+
+
+def test_a_shared_optimizer_steps_members_as_their_own_would_and_keeps_frozen_ones():
+    k = 3
+    generator = torch.Generator().manual_seed(1)
+    start = [torch.randn(k * 4, 3, generator=generator), torch.randn(k * 4, generator=generator)]
+    shared_params = [nn.Parameter(t.clone()) for t in start]
+    member_params = [nn.Parameter(t.clone()) for t in start]
+    shared = SharedOptimizer(shared_params, k, torch.optim.Adam(shared_params, lr=1e-2))
+    members = MemberOptimizers(member_params, k, lambda m, views: torch.optim.Adam(views, lr=1e-2))
+    shared.freeze(2)
+    members.freeze(2)
+    for _ in range(3):
+        grads = [
+            torch.randn(k * 4, 3, generator=generator),
+            torch.randn(k * 4, generator=generator),
+        ]
+        for p, q, g in zip(shared_params, member_params, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        shared.step()
+        members.step()
+    for p, q, first in zip(shared_params, member_params, start, strict=True):
+        assert torch.equal(p, q)
+        assert torch.equal(member_view(p, k)[2], member_view(first, k)[2])

@@ -1,0 +1,178 @@
+"""Bench section ``fusion``: what training trials fused (one stacked model) gains.
+
+Two measurements:
+
+* the quickstart as a user runs it (``bopsweep run sweeps/quickstart.yaml`` in a fresh
+  folder), fused (``fuse: auto``, the default) and unfused (``--set fuse=off``), one
+  after the other: wall time and member samples per second (every trial's training
+  samples over the wall time);
+* BinaryNet at batch 100 on CIFAR-shaped data, K members fused against K separate
+  trainers stepping one after the other, for K in the plan's sizes: samples per
+  second per member (one training step = one epoch of one batch, as in
+  ``train_step``), interleaved rounds.
+
+The sizes ``fuse: auto`` uses on each device come from these figures
+(:data:`bopsweep.sweep.fusion.MEASURED_GAIN`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bopsweep.bench.common import (
+    BATCH_SIZE,
+    Context,
+    Row,
+    binarynet_config,
+    interleaved,
+    quickstart_spec_path,
+    target,
+)
+
+QUICKSTART_TARGET_S = 20.0
+GPU_GAIN_TARGET = 3.0
+
+
+def _quickstart(context: Context, fuse: str) -> dict[str, Any]:
+    plan = context.plan
+    spec = quickstart_spec_path()
+    overrides = [f"fuse={fuse}"]
+    if plan.quick:
+        overrides += [
+            f"train.epochs={plan.sweep_epochs}",
+            "parameters.hparams.gamma.values=[1.0e-3]",
+            "parameters.hparams.threshold.values=[0.0, 1.0e-6]",
+        ]
+    from bopsweep.data import load_dataset
+    from bopsweep.sweep.spec import expand, load_spec
+
+    trials = expand(load_spec(spec, overrides))
+    train_samples = sum(
+        len(load_dataset(t.train.dataset).train_y) * t.train.resolved_hparams().epochs
+        for t in trials
+    )
+    folder = context.workdir / f"quickstart-fuse-{fuse}"
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [str(Path(sys.executable).parent / "bopsweep"), "run", str(spec)]
+    command += [f"--set={o}" for o in overrides]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"bopsweep run exited {done.returncode}: {done.stderr[-2000:]}")
+    timeline = json.loads(
+        (folder / "bopsweep_results" / "quickstart" / "timeline.json").read_text()
+    )
+    return {
+        "trials": len(trials),
+        "wall_s": wall,
+        "samples_per_s": train_samples / wall,
+        "first_trial_s": timeline.get("first_trial"),
+        "trials_done_s": timeline.get("trials_done"),
+        "trial_train_s": timeline.get("trials.train_s"),
+        "trial_setup_s": timeline.get("trials.setup_s"),
+    }
+
+
+def _members(device, members: int):
+    """K fused BinaryNet members and K separate trainers of the same configs."""
+    from bopsweep.data import make_synthetic
+    from bopsweep.train import Trainer
+    from bopsweep.train_fused import FusedTrainer
+
+    precision = "bf16" if _native(device) else "fp32"
+    base = binarynet_config(device.type, precision)
+    gammas = [10.0 ** -(3 + k / max(1, members - 1)) for k in range(members)]
+    configs = [base.model_copy(update={"hparams": {**base.hparams, "gamma": g}}) for g in gammas]
+    data = make_synthetic(n_train=BATCH_SIZE, n_val=2)
+    fused = FusedTrainer(configs, data, device=device)
+    separate = [Trainer(c, data, device=device) for c in configs]
+    return precision, fused, separate
+
+
+def _native(device) -> bool:
+    from bopsweep.precision import native_bf16
+
+    return native_bf16(device)
+
+
+def measure(context: Context) -> dict[str, Any]:
+    device, plan = context.device, context.plan
+    section: dict[str, Any] = {"quickstart": {}, "binarynet": {}}
+    if device.type == "cpu":
+        # The quickstart is a CPU sweep (device: cpu in its spec).
+        for fuse in ("off", "auto"):
+            section["quickstart"][fuse] = _quickstart(context, fuse)
+    sizes = (1, 2) if plan.quick else (1, 3, 9)
+    for members in sizes:
+        precision, fused, separate = _members(device, members)
+        timings = interleaved(
+            {
+                "fused": fused.train_epoch,
+                "separate": lambda separate=separate: [t.train_epoch() for t in separate],
+            },
+            plan.train_rounds,
+            warmup=plan.train_warmup,
+            device=device,
+            budget_s=plan.train_budget_s,
+        )
+        fused_s, separate_s = timings["fused"]["median_s"], timings["separate"]["median_s"]
+        section["binarynet"][str(members)] = {
+            "precision": precision,
+            "fused_step_s": fused_s,
+            "separate_steps_s": separate_s,
+            "fused_member_samples_per_s": BATCH_SIZE * members / fused_s,
+            "separate_member_samples_per_s": BATCH_SIZE * members / separate_s,
+            "gain": separate_s / fused_s,
+            "rounds": timings["fused"]["rounds"],
+        }
+        del fused, separate
+    targets = {}
+    if "auto" in section["quickstart"]:
+        wall = section["quickstart"]["auto"]["wall_s"]
+        what = f"quickstart end to end (fused) <= {QUICKSTART_TARGET_S:g} s on the CPU"
+        if not plan.quick:
+            targets["quickstart_wall"] = target(wall, QUICKSTART_TARGET_S, "<=", what)
+    largest = str(max(sizes))
+    if device.type == "cuda" and not plan.quick:
+        gain = section["binarynet"][largest]["gain"]
+        what = f"BinaryNet member throughput fused vs separate at K={largest} >= {GPU_GAIN_TARGET}x"
+        targets["gpu_gain"] = target(gain, GPU_GAIN_TARGET, ">=", what)
+    section["targets"] = targets
+    return section
+
+
+def rows(section: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    quickstart = section.get("quickstart", {})
+    if quickstart:
+        off, auto = quickstart["off"], quickstart["auto"]
+        out.append(
+            (
+                "fusion",
+                f"quickstart ({auto['trials']} trials): fused vs unfused",
+                f"{auto['wall_s']:.1f} s vs {off['wall_s']:.1f} s; member samples/s "
+                f"{auto['samples_per_s']:.0f} vs {off['samples_per_s']:.0f}",
+                "",
+                "",
+            )
+        )
+    for members, figures in section.get("binarynet", {}).items():
+        out.append(
+            (
+                "fusion",
+                f"BinaryNet K={members} ({figures['precision']}): samples/s per member",
+                f"fused {figures['fused_member_samples_per_s']:.1f} vs separate "
+                f"{figures['separate_member_samples_per_s']:.1f} ({figures['gain']:.2f}x)",
+                "",
+                "",
+            )
+        )
+    return out
