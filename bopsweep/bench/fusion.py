@@ -34,6 +34,7 @@ from bopsweep.bench.common import (
     quickstart_spec_path,
     target,
 )
+from bopsweep.sweep.fusion import measured_gain_path, record_gains
 
 QUICKSTART_TARGET_S = 20.0
 GPU_GAIN_TARGET = 3.0
@@ -146,6 +147,14 @@ def measure(context: Context) -> dict[str, Any]:
         what = f"BinaryNet member throughput fused vs separate at K={largest} >= {GPU_GAIN_TARGET}x"
         targets["gpu_gain"] = target(gain, GPU_GAIN_TARGET, ">=", what)
     section["targets"] = targets
+    if not plan.quick:
+        # What `fuse: auto` decides by on this machine from now on.
+        gains = {"binarynet": section["binarynet"][largest]["gain"]}
+        if "auto" in section["quickstart"]:
+            quick = section["quickstart"]
+            gains["mlp"] = quick["auto"]["samples_per_s"] / quick["off"]["samples_per_s"]
+        record_gains(device.type, gains)
+        section["recorded_gains"] = {"path": str(measured_gain_path()), **gains}
     return section
 
 

@@ -7,8 +7,10 @@ can share one process and one model (:mod:`bopsweep.train_fused`). The spec's
 * ``off``: one Ray trial per trial, as always;
 * ``N`` (an integer): groups of at most N members;
 * ``auto`` (the default): fuse where fusion was measured to pay on the device the
-  trials use (:data:`MEASURED_GAIN`, from ``bopsweep bench --only fusion``), into as
-  many groups as trials can run at once, so every CPU slot still has work.
+  trials use, into as many groups as trials can run at once, so every CPU slot still
+  has work. The measurement is ``bopsweep bench --only fusion``: the figures shipped
+  in :data:`MEASURED_GAIN` (docs/benchmarks.md), replaced by this machine's own once
+  the bench has run here (it writes them to :func:`measured_gain_path`).
 
 Each member keeps its own index, name, MLflow child run and status; only the Ray
 trial, its process and its checkpoint are shared. Nothing here imports torch or Ray:
@@ -17,10 +19,12 @@ trial, its process and its checkpoint are shared. Nothing here imports torch or 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from bopsweep.config import fusion_key
 from bopsweep.sweep.spec import SweepSpec, Trial
@@ -72,9 +76,41 @@ def _device_type(spec: SweepSpec, trial: Trial) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def auto_fuses(spec: SweepSpec, trial: Trial) -> bool:
+def measured_gain_path() -> Path:
+    """Where ``bopsweep bench --only fusion`` records this machine's fusion gains."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "bopsweep" / "fusion_gain.json"
+
+
+def measured_gains() -> dict[tuple[str, str], float]:
+    """The shipped gains, with this machine's own measurements in their place."""
+    gains = dict(MEASURED_GAIN)
+    try:
+        local = json.loads(measured_gain_path().read_text())
+        for device, models in local.items():
+            for model, gain in models.items():
+                gains[(device, model)] = float(gain)
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # no local measurement (or an unreadable one): the shipped figures
+    return gains
+
+
+def record_gains(device: str, gains: dict[str, float]) -> None:
+    """Keep ``device``'s measured gains (model -> gain) for ``fuse: auto``."""
+    path = measured_gain_path()
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        current = {}
+    current.setdefault(device, {}).update(gains)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def auto_fuses(spec: SweepSpec, trial: Trial, gains=None) -> bool:
     """Whether ``fuse: auto`` fuses this trial with others like it."""
-    gain = MEASURED_GAIN.get((_device_type(spec, trial), trial.train.model), 0.0)
+    gains = measured_gains() if gains is None else gains
+    gain = gains.get((_device_type(spec, trial), trial.train.model), 0.0)
     return gain >= AUTO_MIN_GAIN
 
 
@@ -107,8 +143,9 @@ def plan_groups(spec: SweepSpec, trials: Sequence[Trial], cpus: int | None = Non
         return [Group((t,)) for t in trials]
     candidates: dict[tuple, list[Trial]] = {}
     singles: list[Trial] = []
+    gains = measured_gains()
     for trial in trials:
-        if fuse == "auto" and not auto_fuses(spec, trial):
+        if fuse == "auto" and not auto_fuses(spec, trial, gains):
             singles.append(trial)
         else:
             candidates.setdefault(fusion_key(trial.train), []).append(trial)

@@ -10,7 +10,7 @@ import pytest
 
 from bopsweep.errors import UserError
 from bopsweep.sweep.fused_trial import SuccessiveHalving
-from bopsweep.sweep.fusion import plan_groups
+from bopsweep.sweep.fusion import plan_groups, record_gains
 from bopsweep.sweep.spec import expand, load_spec
 
 BIN = Path(sys.executable).parent
@@ -30,6 +30,12 @@ parameters:
     values: [1e-2, 1e-3, 1e-4]
 {extra}
 """
+
+
+@pytest.fixture(autouse=True)
+def shipped_gains(tmp_path, monkeypatch):
+    """No measurement of this machine: the shipped figures decide."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def groups(tmp_path: Path, overrides=(), model="mlp", extra="", cpus=2):
@@ -56,6 +62,14 @@ def test_auto_keeps_models_that_fusion_does_not_speed_up_on_cpu_apart(tmp_path):
     planned = groups(tmp_path, ["train.dataset=synthetic"], model="binarynet")
     assert sizes(planned) == [1] * 9
     assert planned[0].dirname == "trial_000"
+
+
+def test_auto_follows_this_machines_own_measurement(tmp_path):
+    record_gains("cpu", {"binarynet": 2.5, "mlp": 1.0})
+    assert sizes(groups(tmp_path, ["train.dataset=synthetic"], model="binarynet")) == [5, 4]
+    assert sizes(groups(tmp_path)) == [1] * 9
+    record_gains("cuda", {"mlp": 3.0})
+    assert sizes(groups(tmp_path)) == [1] * 9  # a CUDA figure says nothing of the CPU
 
 
 def test_an_explicit_size_and_off(tmp_path):
