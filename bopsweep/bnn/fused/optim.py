@@ -89,6 +89,8 @@ class FusedBop(Optimizer):
         sigma: one per member for Bop2ndOrder ("Bop and Beyond"); None for Bop.
         foreach, count_flips: as for :class:`~bopsweep.bnn.optim.Bop`; flips are
             counted per member.
+        one_pass: every member's rows at once with broadcast rates (the default on a
+            GPU), or each member's slices in turn (the default on the CPU).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class FusedBop(Optimizer):
         *,
         foreach: bool | None = None,
         count_flips: bool = True,
+        one_pass: bool | None = None,
     ) -> None:
         rates = {"threshold": threshold, "gamma": gamma}
         if sigma is not None:
@@ -114,6 +117,7 @@ class FusedBop(Optimizer):
         self.members = members
         self.second_order = sigma is not None
         self.frozen: set[int] = set()
+        self.one_pass = one_pass
         for group in self.param_groups:
             for entry in group["threshold"]:
                 _check_threshold(as_schedule(entry))
@@ -147,7 +151,14 @@ class FusedBop(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self.frozen and self._step_rows():
+        # On a GPU, every member's rows in one pass of broadcast ops. On the CPU, each
+        # member's slices through the cache-sized pass of bopsweep.bnn.optim, as its
+        # own step would run them: large full-size temporaries cost more there than
+        # the K passes save.
+        one_pass = self.one_pass
+        if one_pass is None:
+            one_pass = any(p.device.type != "cpu" for g in self.param_groups for p in g["params"])
+        if not self.frozen and one_pass and self._step_rows():
             return loss
         active = [k for k in range(self.members) if k not in self.frozen]
         for group in self.param_groups:

@@ -58,7 +58,10 @@ def _grads(step: int, members: int) -> list[list[torch.Tensor]]:
 @pytest.mark.parametrize("second_order", [False, True])
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_bop_is_bit_identical_to_separate_steps(second_order, foreach, channels_last):
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_fused_bop_is_bit_identical_to_separate_steps(
+    second_order, foreach, channels_last, one_pass
+):
     members = _members(0, channels_last)
     k = len(members)
     fused = [
@@ -72,7 +75,7 @@ def test_fused_bop_is_bit_identical_to_separate_steps(second_order, foreach, cha
         for i in range(len(SHAPES))
     ]
     sigmas = SIGMAS if second_order else None
-    fused_opt = FusedBop(fused, k, THRESHOLDS, GAMMAS, sigmas, foreach=foreach)
+    fused_opt = FusedBop(fused, k, THRESHOLDS, GAMMAS, sigmas, foreach=foreach, one_pass=one_pass)
     separate = [
         Bop2ndOrder(params, THRESHOLDS[i], GAMMAS[i], SIGMAS[i], foreach=foreach)
         if second_order
