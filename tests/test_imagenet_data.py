@@ -209,3 +209,25 @@ def test_trains_end_to_end(tiny_imagenet):
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
     assert metrics["flip_ratio"] >= 0.0 and "flip_ratio/stage1.0.conv" in metrics
     assert metrics["samples_per_s"] > 0
+
+
+def test_validation_split_holds_out_evenly_spaced_training_images(tiny_imagenet):
+    data = load_dataset("imagenet2012", tiny_imagenet)
+    # 6 training images, too few for 10%; a half shows the spacing: every 2nd image.
+    split = data.split_validation(0.5)
+    assert split.train_indices == (0, 2, 4) and split.val_indices == (1, 3, 5)
+    assert split.train_y.tolist() == [0, 0, 1]
+    # Held-out images are read as evaluation images; training ones keep augmentation.
+    assert split.val.transform is data.val.transform
+    assert split.train.transform is data.train.transform is not data.val.transform
+    assert split.val.samples is data.train.samples
+    batches = _batches(split, batch_size=4)
+    assert batches.num_train == 3
+    assert [y.tolist() for _, y in batches.val()] == [[0, 1, 1]]
+    # The test split is ImageNet's validation images, all of them.
+    assert [y.tolist() for _, y in batches.test()] == [[0, 0, 1, 1]]
+    assert list(_batches(data, batch_size=4).test()) == []
+    with pytest.raises(UserError, match="too few to hold out 10%"):
+        data.split_validation()
+    with pytest.raises(ValueError, match="already has a held-out"):
+        split.split_validation(0.5)

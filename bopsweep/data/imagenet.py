@@ -9,6 +9,7 @@ normalised. :class:`LoaderBatches` gives the training loop the same small
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +34,9 @@ class ImageFolderDataset:
     images; the batches are normalised with ``mean`` / ``std`` on the device.
 
     ``train_indices`` / ``val_indices`` restrict a split (``None``: all of it).
+    As loaded, ``val`` is the test set (ImageNet's validation images);
+    :meth:`split_validation` holds out part of ``train`` as ``val`` and moves it to
+    ``test``.
     ``num_workers=None`` uses one worker per thread torch may use, which a Ray trial
     sets to its CPU share.
     """
@@ -47,6 +51,8 @@ class ImageFolderDataset:
     train_indices: tuple[int, ...] | None = None
     val_indices: tuple[int, ...] | None = None
     num_workers: int | None = None
+    test: Any = None
+    test_indices: tuple[int, ...] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -70,6 +76,33 @@ class ImageFolderDataset:
             self,
             train_indices=_spread(self.train_indices, len(self.train), max_train),
             val_indices=_spread(self.val_indices, len(self.val), max_val),
+            test_indices=None
+            if self.test is None
+            else _spread(self.test_indices, len(self.test), max_val),
+        )
+
+    def split_validation(self, fraction: float = 0.1) -> ImageFolderDataset:
+        """Hold out an evenly spaced ``fraction`` of the training images (every 10th:
+        the folders are sorted by class, so each class gives its share) as ``val``,
+        read with the evaluation transform; the loaded ``val`` becomes ``test``."""
+        if self.test is not None:
+            raise ValueError(f"{self.name} already has a held-out validation split")
+        indices = range(len(self.train)) if self.train_indices is None else self.train_indices
+        held_out = [int((pos + 1) * fraction) > int(pos * fraction) for pos in range(len(indices))]
+        if all(held_out) or not any(held_out):
+            raise UserError(
+                f"{self.name}: {len(indices)} training images are too few to hold out "
+                f"{fraction:.0%}"
+            )
+        held_set = copy.copy(self.train)  # the same file list, read as evaluation images
+        held_set.transform = self.val.transform
+        return replace(
+            self,
+            train_indices=tuple(i for i, out in zip(indices, held_out, strict=True) if not out),
+            val=held_set,
+            val_indices=tuple(i for i, out in zip(indices, held_out, strict=True) if out),
+            test=self.val,
+            test_indices=self.val_indices,
         )
 
     def batches(self, preprocess_fn: str, batch_size: int, device: torch.device) -> Batches:
@@ -171,6 +204,11 @@ class LoaderBatches(BatchesBase):
         self.val_set = (
             data.val if data.val_indices is None else Subset(data.val, list(data.val_indices))
         )
+        self.test_set = (
+            data.test
+            if data.test is None or data.test_indices is None
+            else Subset(data.test, list(data.test_indices))
+        )
         workers = data.num_workers
         self.num_workers = max(1, torch.get_num_threads()) if workers is None else workers
         shape = (1, 3, 1, 1)
@@ -208,4 +246,10 @@ class LoaderBatches(BatchesBase):
 
     def val(self) -> Iterator[tuple[Tensor, Tensor]]:
         for x, y in self._loader(self.val_set, 0, batch_size=self.batch_size):
+            yield self._to_device(x, y)
+
+    def test(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.test_set is None:
+            return
+        for x, y in self._loader(self.test_set, 0, batch_size=self.batch_size):
             yield self._to_device(x, y)
