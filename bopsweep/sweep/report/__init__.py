@@ -32,6 +32,7 @@ from bopsweep.sweep.report.figures import CURVE_METRICS, Heatmap, write_figures
 from bopsweep.sweep.report.grid import swept_key_order
 from bopsweep.sweep.report.parent import TABLE_FILE, log_report
 from bopsweep.sweep.report.tables import (
+    EXTRA_METRICS,
     leaderboard_csv,
     leaderboard_markdown,
     leaderboard_table,
@@ -53,7 +54,8 @@ __all__ = [
 DEFAULT_REPORT_ROOT = "bopsweep_reports"
 # The metric histories a report draws on, besides the sweep's own metric: a trial's
 # outcome needs these (and the metric) for every table and figure to be complete.
-HISTORY_METRICS = (*CURVE_METRICS, FLIP_METRIC)
+# The extra metrics are read where the trials logged them (top-5, test set).
+HISTORY_METRICS = (*CURVE_METRICS, FLIP_METRIC, *EXTRA_METRICS)
 
 
 @dataclass
