@@ -385,10 +385,14 @@ def run(
 
 
 def _print_outcome(outcome, spec: Path, overrides: list[str]) -> None:
+    from bopsweep.sweep.report import claims_table, section51_claims
     from bopsweep.sweep.report.tables import leaderboard_table
 
     out = _make_console()
     out.print(leaderboard_table(outcome))
+    claims = section51_claims(outcome)
+    if claims:
+        out.print(claims_table(claims))
     if outcome.tracking_error:
         out.print(
             f"[red]not every epoch reached the tracking server at {outcome.tracking_uri}[/] "
@@ -569,6 +573,8 @@ def report(
     result = sweep_report.write_report(uri, name_or_spec, out, log_to_parent=log_to_parent)
     stdout = _make_console()
     stdout.print(sweep_report.leaderboard_table(result.outcome, result.swept_keys))
+    if result.claims:
+        stdout.print(sweep_report.claims_table(result.claims))
     stdout.print(
         f"report: {result.out_dir} ({', '.join(p.name for p in result.files)})", highlight=False
     )
