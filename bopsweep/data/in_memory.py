@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from bopsweep.data import get_preprocess
-from bopsweep.data.batches import Batches, DeviceBatches
+from bopsweep.data.batches import Batches, DeviceBatches, Preprocess
 from bopsweep.data.formats import read_cifar_batch
 from bopsweep.data.layout import (
     CIFAR10_FILES,
@@ -99,7 +99,13 @@ class InMemoryDataset:
 
     def batches(self, preprocess_fn: str, batch_size: int, device: torch.device) -> Batches:
         """Move both splits to ``device`` and batch them there."""
-        return DeviceBatches(self.to(device), get_preprocess(preprocess_fn), batch_size)
+        preprocess = get_preprocess(preprocess_fn)
+        if not isinstance(preprocess, Preprocess):
+            raise UserError(
+                f"preprocess fn {preprocess_fn!r} is for ImageNet; for {self.name} use "
+                "default or resize_and_flip"
+            )
+        return DeviceBatches(self.to(device), preprocess, batch_size)
 
 
 def cifar10(data_dir: Path, download: bool) -> InMemoryDataset:
