@@ -45,7 +45,9 @@ def _root() -> None:
 def train(
     model: Annotated[str, typer.Argument(help="Model name, e.g. binarynet, mlp.")],
     dataset: Annotated[str, typer.Option(help="cifar10, mnist, digits or synthetic.")] = "cifar10",
-    preprocess_fn: Annotated[str, typer.Option(help="default or resize_and_flip.")] = "default",
+    preprocess_fn: Annotated[
+        str, typer.Option(help="default or resize_and_flip; ImageNet: default or imagenet_tf.")
+    ] = "default",
     hparams_set: Annotated[
         str, typer.Option(help="Named hyperparameters: default (latent weights), bop, ...")
     ] = "default",
