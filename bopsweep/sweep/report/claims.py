@@ -23,7 +23,7 @@ a few lines of numpy.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -172,12 +172,21 @@ def _aggressive_claims(trials, metric: str) -> list[Claim]:
     ]
 
 
+def _bopsweep_names(trial: TrialOutcome) -> TrialOutcome:
+    """The trial with gamma swept under the original code's name (``gamma_start``)
+    read as ``hparams.gamma``."""
+    if GAMMA in trial.swept or "hparams.gamma_start" not in trial.swept:
+        return trial
+    swept = {k.replace("hparams.gamma_start", GAMMA): v for k, v in trial.swept.items()}
+    return replace(trial, swept=swept)
+
+
 def section51_claims(outcome: SweepOutcome) -> list[Claim]:
     """The section 5.1 findings for a grid over gamma and threshold (with seeds or any
     other swept keys); empty for any other sweep."""
     trials = [
         t
-        for t in outcome.trials
+        for t in map(_bopsweep_names, outcome.trials)
         if isinstance(t.swept.get(GAMMA), (int, float))
         and isinstance(t.swept.get(THRESHOLD), (int, float))
         and t.values(FLIP_METRIC)

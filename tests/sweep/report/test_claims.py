@@ -160,3 +160,10 @@ def test_the_report_states_the_findings_in_its_files_and_the_parent_run(store, g
     assert parent.data.metrics["claim.aggressive_end_noisier"] == pytest.approx(0.0, abs=1e-12)
     artifacts = {f.path for f in store.client.list_artifacts(parent.info.run_id, "report")}
     assert "report/claims.json" in artifacts
+
+
+def test_gamma_swept_under_the_original_name():
+    outcome = _grid()
+    for trial in outcome.trials:
+        trial.swept["hparams.gamma_start"] = trial.swept.pop("hparams.gamma")
+    assert [c.verdict for c in section51_claims(outcome)] == ["reproduced"] * 4
