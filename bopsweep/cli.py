@@ -200,12 +200,14 @@ def _run_train(config, output_dir: Path | None, *, resume: bool = False) -> None
             self.progress.update(self.task, completed=step + 1)
 
         def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+            test = metrics.get("test_accuracy")
             self.progress.console.print(
                 f"epoch {trainer.epoch}/{hp.epochs}  "
                 f"loss {metrics['train_loss']:.4f}  acc {metrics['train_accuracy']:.4f}  "
                 f"val_loss {metrics.get('val_loss', float('nan')):.4f}  "
                 f"val_acc {metrics.get('val_accuracy', float('nan')):.4f}  "
-                f"flips {metrics.get('flip_ratio', 0.0):.2e}  "
+                + ("" if test is None else f"test_acc {test:.4f}  ")
+                + f"flips {metrics.get('flip_ratio', 0.0):.2e}  "
                 f"{metrics['samples_per_s']:.0f} img/s",
                 highlight=False,
             )

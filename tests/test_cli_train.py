@@ -195,6 +195,7 @@ def test_validationset_scores_the_test_set_apart(runs):
     result, paths = runs["validationset"]
     assert result.returncode == 0, result.stderr
     assert "mlp on digits (1294 train images)" in _flat(result.stderr)
+    assert "test_acc" in result.stderr
     out = Path(paths["held_out"])
     (metrics,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"val_accuracy", "test_accuracy", "test_loss", "test_top5_accuracy"} <= set(metrics)
