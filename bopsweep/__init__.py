@@ -17,16 +17,24 @@ from typing import TYPE_CHECKING
 _LAZY = {
     "Bop": "bopsweep.bnn.optim",
     "Bop2ndOrder": "bopsweep.bnn.optim",
+    "Bop2ndOrderUnbiased": "bopsweep.bnn.optim",
     "CaseOptimizer": "bopsweep.bnn.optim",
     "Schedule": "bopsweep.bnn.schedules",
 }
 
 if TYPE_CHECKING:
     __version__: str
-    from bopsweep.bnn.optim import Bop, Bop2ndOrder, CaseOptimizer
+    from bopsweep.bnn.optim import Bop, Bop2ndOrder, Bop2ndOrderUnbiased, CaseOptimizer
     from bopsweep.bnn.schedules import Schedule
 
-__all__ = ["Bop", "Bop2ndOrder", "CaseOptimizer", "Schedule", "__version__"]
+__all__ = [
+    "Bop",
+    "Bop2ndOrder",
+    "Bop2ndOrderUnbiased",
+    "CaseOptimizer",
+    "Schedule",
+    "__version__",
+]
 
 
 def _version() -> str:

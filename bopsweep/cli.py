@@ -45,7 +45,9 @@ def _root() -> None:
 def train(
     model: Annotated[str, typer.Argument(help="Model name, e.g. binarynet, mlp.")],
     dataset: Annotated[str, typer.Option(help="cifar10, mnist, digits or synthetic.")] = "cifar10",
-    preprocess_fn: Annotated[str, typer.Option(help="default or resize_and_flip.")] = "default",
+    preprocess_fn: Annotated[
+        str, typer.Option(help="default or resize_and_flip; ImageNet: default or imagenet_tf.")
+    ] = "default",
     hparams_set: Annotated[
         str, typer.Option(help="Named hyperparameters: default (latent weights), bop, ...")
     ] = "default",
@@ -59,8 +61,23 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of initialisation and data order.")] = 0,
     output_dir: Annotated[
         Path | None,
-        typer.Option(help="Write metrics.jsonl, config.json and checkpoint.pt here."),
+        typer.Option(
+            help="Write metrics.jsonl, config.json and checkpoint.pt (after every epoch) here."
+        ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue the run in --output-dir from its last epoch's checkpoint."),
+    ] = False,
+    validation_split: Annotated[
+        bool,
+        typer.Option(
+            "--validation-split/--no-validation-split",
+            "--validationset",
+            help="Hold out a fixed 10% of the training set as validation data; the "
+            "test set is reported as test_accuracy.",
+        ),
+    ] = False,
     max_train_samples: Annotated[
         int | None, typer.Option(help="Use only the first N training samples.")
     ] = None,
@@ -88,33 +105,91 @@ def train(
         seed=seed,
         max_train_samples=max_train_samples,
         max_val_samples=max_val_samples,
+        validation_split=validation_split,
     )
+    if resume and output_dir is None:
+        raise UserError("--resume continues the run in --output-dir: give --output-dir")
     from bopsweep.data import check_available
 
     # Missing data is refused before torch is imported (seconds).
     check_available(config.dataset, config.data_dir, config.download)
-    _run_train(config, output_dir)
+    _run_train(config, output_dir, resume=resume)
 
 
-def _run_train(config, output_dir: Path | None) -> None:
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def _resume_state(output_dir: Path, resolved: dict) -> dict:
+    """The checkpoint to continue from, refused when the run in ``output_dir`` was
+    started with another configuration."""
     import torch
+
+    checkpoint = output_dir / CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise UserError(f"--resume: no {CHECKPOINT_FILE} in {output_dir} to continue from")
+    config_file = output_dir / "config.json"
+    if config_file.is_file():
+        saved = json.loads(config_file.read_text())
+        changed = sorted(k for k in {*saved, *resolved} if saved.get(k) != resolved.get(k))
+        if changed:
+            raise UserError(
+                f"--resume: the run in {output_dir} was started with other settings "
+                f"({', '.join(changed)}); use another --output-dir or drop --resume"
+            )
+    return torch.load(checkpoint, weights_only=True)
+
+
+def _save_checkpoint(state: dict, output_dir: Path) -> None:
+    import torch
+
+    # Written beside and renamed: a run killed mid-write keeps the previous epoch's.
+    partial = output_dir / (CHECKPOINT_FILE + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, output_dir / CHECKPOINT_FILE)
+
+
+def _env_callbacks() -> list:
+    """The callbacks of ``BOPSWEEP_TRIAL_CALLBACKS`` (as for a sweep's trials, with
+    index 0): profilers and the fault injection of the tests."""
+    import importlib
+
+    callbacks = []
+    for entry in filter(None, os.environ.get("BOPSWEEP_TRIAL_CALLBACKS", "").split(",")):
+        module, _, name = entry.strip().partition(":")
+        callback = getattr(importlib.import_module(module), name)(0)
+        if callback is not None:
+            callbacks.append(callback)
+    return callbacks
+
+
+def _run_train(config, output_dir: Path | None, *, resume: bool = False) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from bopsweep.train import Callback, Trainer
 
+    hp = config.resolved_hparams()
+    resolved = json.loads(json.dumps({**config.model_dump(), "hparams": hp.model_dump()}))
+    # Checked before the data is loaded and the model built.
+    state = _resume_state(output_dir, resolved) if resume else None
     trainer = Trainer(config)
-    hp = trainer.hparams
+    if state is not None:
+        trainer.load_state_dict(state)
     console.print(
         f"{config.model} on {config.dataset} ({len(trainer.data.train_y)} train images), "
-        f"{hp.optimizer} set {config.hparams_set!r}, {hp.epochs} epochs, device {trainer.device}",
+        f"{hp.optimizer} set {config.hparams_set!r}, {hp.epochs} epochs, device {trainer.device}"
+        + (f", resumed after epoch {trainer.epoch}" if resume else ""),
         highlight=False,
     )
     metrics_file = None
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {**config.model_dump(), "hparams": hp.model_dump()}
         (output_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        # The checkpoint's history is the record: an epoch logged after the last
+        # checkpoint (a kill in between) is trained again, not logged twice.
         metrics_file = (output_dir / "metrics.jsonl").open("w")
+        for metrics in trainer.history:
+            metrics_file.write(json.dumps(metrics) + "\n")
+        metrics_file.flush()
 
     class Report(Callback):
         def __init__(self, progress: Progress) -> None:
@@ -125,18 +200,21 @@ def _run_train(config, output_dir: Path | None) -> None:
             self.progress.update(self.task, completed=step + 1)
 
         def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+            test = metrics.get("test_accuracy")
             self.progress.console.print(
                 f"epoch {trainer.epoch}/{hp.epochs}  "
                 f"loss {metrics['train_loss']:.4f}  acc {metrics['train_accuracy']:.4f}  "
                 f"val_loss {metrics.get('val_loss', float('nan')):.4f}  "
                 f"val_acc {metrics.get('val_accuracy', float('nan')):.4f}  "
-                f"flips {metrics.get('flip_ratio', 0.0):.2e}  "
+                + ("" if test is None else f"test_acc {test:.4f}  ")
+                + f"flips {metrics.get('flip_ratio', 0.0):.2e}  "
                 f"{metrics['samples_per_s']:.0f} img/s",
                 highlight=False,
             )
             if metrics_file is not None:
                 metrics_file.write(json.dumps(metrics) + "\n")
                 metrics_file.flush()
+                _save_checkpoint(trainer.state_dict(), output_dir)
             self.progress.reset(self.task, description=f"epoch {trainer.epoch + 1}")
 
     progress = Progress(
@@ -148,11 +226,10 @@ def _run_train(config, output_dir: Path | None) -> None:
         transient=True,
     )
     with progress:
-        trainer.fit([Report(progress)])
+        trainer.fit([Report(progress), *_env_callbacks()])
     if metrics_file is not None:
         metrics_file.close()
-        torch.save(trainer.state_dict(), output_dir / "checkpoint.pt")
-        console.print(f"wrote {output_dir}/metrics.jsonl, config.json, checkpoint.pt")
+        console.print(f"wrote {output_dir}/metrics.jsonl, config.json, {CHECKPOINT_FILE}")
 
 
 # ------------------------------------------------------------------------------ sweeps
@@ -326,10 +403,14 @@ def run(
 
 
 def _print_outcome(outcome, spec: Path, overrides: list[str]) -> None:
+    from bopsweep.sweep.report import claims_table, section51_claims
     from bopsweep.sweep.report.tables import leaderboard_table
 
     out = _make_console()
     out.print(leaderboard_table(outcome))
+    claims = section51_claims(outcome)
+    if claims:
+        out.print(claims_table(claims))
     if outcome.tracking_error:
         out.print(
             f"[red]not every epoch reached the tracking server at {outcome.tracking_uri}[/] "
@@ -510,6 +591,8 @@ def report(
     result = sweep_report.write_report(uri, name_or_spec, out, log_to_parent=log_to_parent)
     stdout = _make_console()
     stdout.print(sweep_report.leaderboard_table(result.outcome, result.swept_keys))
+    if result.claims:
+        stdout.print(sweep_report.claims_table(result.claims))
     stdout.print(
         f"report: {result.out_dir} ({', '.join(p.name for p in result.files)})", highlight=False
     )

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bopsweep.bnn.models import canonical_model_name
+from bopsweep.bnn.models import MODEL_OPTIONS, canonical_model_name
 from bopsweep.bnn.schedules import Schedule
 from bopsweep.data import DATASETS, PREPROCESS_FNS
 from bopsweep.errors import UserError, unknown_name
@@ -31,8 +31,10 @@ class HParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    optimizer: Literal["bop", "bop2", "latent"] = Field(
-        "bop", description="bop | bop2 (second-order Bop) | latent (latent-weight baseline)"
+    optimizer: Literal["bop", "bop2", "bop2_unbiased", "latent"] = Field(
+        "bop",
+        description="bop | bop2 (second-order Bop) | bop2_unbiased (bop2 with Adam-style "
+        "bias correction of m and v) | latent (latent-weight baseline)",
     )
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(100, gt=0)
@@ -46,6 +48,9 @@ class HParams(BaseModel):
     gamma_end: float | None = Field(None, gt=0, le=1)
     gamma_decay_factor: float | None = Field(None, gt=0)
     gamma_decay_epochs: float | None = Field(None, gt=0)
+    gamma_decay_steps: int | None = Field(
+        None, gt=0, description="the decay period in steps (overrides gamma_decay_epochs)"
+    )
     sigma: float = Field(1e-2, gt=0, le=1, description="second-moment rate of bop2")
     fp_optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-2, gt=0, description="learning rate of the fp optimizer")
@@ -58,6 +63,15 @@ class HParams(BaseModel):
         ge=0,
         description="L2 on full-precision kernels (not BatchNorm, not biases, not binary)",
     )
+    # Architecture hparams (the original code's names); None: the model's default.
+    # Which model takes which: bopsweep.bnn.models.MODEL_OPTIONS.
+    filters: int | None = Field(None, gt=0)
+    dense_units: int | None = Field(None, gt=0)
+    kernel_size: int | None = Field(None, gt=0)
+
+    def model_options(self) -> dict[str, int]:
+        """The architecture hparams set, as keyword arguments of the model builder."""
+        return {k: getattr(self, k) for k in ARCHITECTURE_KEYS if getattr(self, k) is not None}
 
     def schedule(self, name: str, steps_per_epoch: int) -> Schedule:
         """The schedule of ``gamma``, ``threshold`` or ``lr`` in optimizer steps."""
@@ -66,11 +80,14 @@ class HParams(BaseModel):
         decay_epochs = getattr(self, f"{name}_decay_epochs")
         if kind == "constant":
             return Schedule("constant", start)
-        steps = round((decay_epochs or self.epochs) * steps_per_epoch)
+        steps = getattr(self, f"{name}_decay_steps", None) or round(
+            (decay_epochs or self.epochs) * steps_per_epoch
+        )
         steps = max(steps, 1)
         if kind == "exponential":
             factor = getattr(self, f"{name}_decay_factor")
-            if factor is None or decay_epochs is None:
+            period = decay_epochs or getattr(self, f"{name}_decay_steps", None)
+            if factor is None or period is None:
                 raise UserError(
                     f"hparam {name}_schedule=exponential needs {name}_decay_factor "
                     f"and {name}_decay_epochs"
@@ -82,7 +99,40 @@ class HParams(BaseModel):
         return Schedule("linear", start, end=end, steps=steps)
 
 
-HPARAM_KEYS: tuple[str, ...] = tuple(HParams.model_fields)
+ARCHITECTURE_KEYS = ("filters", "dense_units", "kernel_size")
+
+
+def _keras_l2(value: Any) -> float:
+    # Keras' l2(q) adds q * sum(w ** 2) to the loss: its gradient is 2q * w, what
+    # PyTorch's weight_decay adds to the gradient.
+    return 2 * float(value)
+
+
+# The original code's hparam names that differ from bopsweep's: name -> (bopsweep
+# name, conversion of the value). Accepted in --hparams and in specs.
+ORIGINAL_NAMES: dict[str, tuple[str, Any]] = {
+    "lr_start": ("lr", None),
+    "learning_rate": ("lr", None),
+    "gamma_start": ("gamma", None),
+    "gamma_decay": ("gamma_decay_factor", None),
+    "decay_step": ("gamma_decay_steps", None),
+    "regularization_quantity": ("weight_decay", _keras_l2),
+}
+
+# Every key --hparams and specs accept: bopsweep's names and the original ones.
+HPARAM_KEYS: tuple[str, ...] = (*HParams.model_fields, *ORIGINAL_NAMES)
+
+
+def translate_original_names(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` with the original code's names replaced by bopsweep's."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name, convert = ORIGINAL_NAMES.get(key, (key, None))
+        if name in out:
+            raise UserError(f"hparam {key} sets {name} a second time; give one of them")
+        out[name] = value if convert is None else convert(value)
+    return out
+
 
 _BINARYNET = {
     # Latent-weight baseline: ste_sign kernels clipped to [-1, 1], Adam on everything.
@@ -110,6 +160,16 @@ _BINARYNET = {
         sigma=1e-3,
         lr=0.01,
     ),
+    # Its bias-corrected variant, at the rates its code gives it for this model.
+    "bop2_unbiased": HParams(
+        optimizer="bop2_unbiased",
+        epochs=100,
+        batch_size=100,
+        threshold=1e-5,
+        gamma=1e-7,
+        sigma=1e-3,
+        lr=0.01,
+    ),
 }
 
 _MLP = {
@@ -118,6 +178,14 @@ _MLP = {
     # BinaryNet's bop2 rates at the MLP's epochs and batch size, like "bop".
     "bop2": HParams(
         optimizer="bop2", epochs=30, batch_size=32, threshold=1e-6, gamma=1e-7, sigma=1e-3
+    ),
+    "bop2_unbiased": HParams(
+        optimizer="bop2_unbiased",
+        epochs=30,
+        batch_size=32,
+        threshold=1e-5,
+        gamma=1e-7,
+        sigma=1e-3,
     ),
 }
 
@@ -183,13 +251,25 @@ def resolve_hparams(
     for key in overrides:
         if key not in HPARAM_KEYS:
             raise unknown_name("hparam", key, HPARAM_KEYS)
-    values = {**sets[hparams_set].model_dump(), **overrides}
+    try:
+        translated = translate_original_names(overrides)
+    except ValueError:
+        raise UserError("hparam regularization_quantity: not a number") from None
+    values = {**sets[hparams_set].model_dump(), **translated}
     if epochs is not None:
         values["epochs"] = epochs
     try:
-        return HParams.model_validate(values)
+        hparams = HParams.model_validate(values)
     except ValidationError as error:
         raise UserError(_type_error_message(error, "hparam")) from None
+    options = MODEL_OPTIONS.get(model, {})
+    for key in hparams.model_options():
+        if key not in options:
+            raise UserError(
+                f"hparam {key} is not an option of model {model}; its architecture "
+                f"hparams: {', '.join(options) or 'none'}"
+            )
+    return hparams
 
 
 def parse_hparams(text: str) -> dict[str, str]:
@@ -223,6 +303,11 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     max_train_samples: int | None = Field(None, gt=1)
     max_val_samples: int | None = Field(None, gt=0)
+    validation_split: bool = Field(
+        False,
+        description="the original code's --validationset: hold out a fixed 10% of the "
+        "training set as val (the metric to select on); the test set is logged as test_*",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="bf16: forward passes under bfloat16 autocast (binary weights, Bop's "

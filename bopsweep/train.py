@@ -24,9 +24,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from bopsweep.bnn.layers import binary_layers, binary_parameters, use_latent_weights
-from bopsweep.bnn.metrics import flip_metrics
+from bopsweep.bnn.metrics import TOP5, flip_metrics, topk_correct
 from bopsweep.bnn.models import build_model
-from bopsweep.bnn.optim import Bop, Bop2ndOrder, CaseOptimizer
+from bopsweep.bnn.optim import Bop, Bop2ndOrder, Bop2ndOrderUnbiased, CaseOptimizer
 from bopsweep.config import HParams, TrainConfig
 from bopsweep.data import Dataset, load_dataset
 from bopsweep.errors import TrainingDiverged, UserError
@@ -78,6 +78,8 @@ def build_optimizer(model: nn.Module, hp: HParams, steps_per_epoch: int) -> Case
     gamma = hp.schedule("gamma", steps_per_epoch)
     if hp.optimizer == "bop2":
         bop: Bop = Bop2ndOrder(binary, threshold, gamma, hp.sigma)
+    elif hp.optimizer == "bop2_unbiased":
+        bop = Bop2ndOrderUnbiased(binary, threshold, gamma, hp.sigma)
     else:
         bop = Bop(binary, threshold, gamma)
     return CaseOptimizer(
@@ -122,11 +124,19 @@ class Trainer:
         torch.manual_seed(config.seed)
         if data is None:
             data = load_dataset(config.dataset, config.data_dir, config.download)
+        if config.validation_split:
+            # Select on held-out training data; the test set is scored as test_*.
+            data = data.split_validation()
         data = data.limit(config.max_train_samples, config.max_val_samples)
         self.data = data
         # In memory: both splits move to the device; from files: DataLoader workers.
         self.batches = data.batches(config.preprocess_fn, self.hparams.batch_size, self.device)
-        model = build_model(config.model, self.batches.input_shape, self.batches.num_classes)
+        model = build_model(
+            config.model,
+            self.batches.input_shape,
+            self.batches.num_classes,
+            **self.hparams.model_options(),
+        )
         if self.hparams.optimizer == "latent":
             use_latent_weights(model)
         self.model = model.to(self.device)
@@ -144,6 +154,8 @@ class Trainer:
         if config.compile:
             # In place, so state dicts (checkpoints) keep the plain module's keys.
             self.model.compile()
+        # The original code's top_k_categorical_accuracy, where top-5 means something.
+        self.top5 = self.batches.num_classes > TOP5
         self.steps_per_epoch = self.batches.steps_per_epoch()
         self.optimizer = build_optimizer(self.model, self.hparams, self.steps_per_epoch)
         self.layer_names = {layer.weight: name for name, layer in binary_layers(self.model)}
@@ -200,6 +212,7 @@ class Trainer:
         self.model.train()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        correct5 = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         for step, (x, y) in enumerate(self.batches.train(self.generator)):
             logits = self._forward(x)
@@ -209,26 +222,47 @@ class Trainer:
             self.optimizer.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
+            if self.top5:
+                correct5 += topk_correct(logits.detach(), y, TOP5)
             seen += len(y)
             for cb in callbacks:
                 cb.on_batch_end(self, step)
-        train_loss, train_correct = (v.item() for v in (loss_sum, correct))
-        return {"train_loss": train_loss / seen, "train_accuracy": train_correct / seen}
+        train_loss, train_correct, train_correct5 = (
+            v.item() for v in (loss_sum, correct, correct5)
+        )
+        metrics = {"train_loss": train_loss / seen, "train_accuracy": train_correct / seen}
+        if self.top5:
+            metrics["train_top5_accuracy"] = train_correct5 / seen
+        return metrics
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        self.model.eval()
+    def _score(self, batches, prefix: str) -> dict[str, float]:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        correct = torch.zeros(2, device=self.device, dtype=torch.int64)
         seen = 0
-        for x, y in self.batches.val():
+        for x, y in batches:
             logits = self._forward(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
+            correct[0] += (logits.argmax(1) == y).sum()
+            if self.top5:
+                correct[1] += topk_correct(logits, y, TOP5)
             seen += len(y)
         if seen == 0:
             return {}
-        return {"val_loss": loss_sum.item() / seen, "val_accuracy": correct.item() / seen}
+        top1, top5 = correct.tolist()
+        metrics = {f"{prefix}_loss": loss_sum.item() / seen, f"{prefix}_accuracy": top1 / seen}
+        if self.top5:
+            metrics[f"{prefix}_top5_accuracy"] = top5 / seen
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """``val_*`` metrics, and ``test_*`` when validation is held out of training."""
+        self.model.eval()
+        return {
+            **self._score(self.batches.val(), "val"),
+            **self._score(self.batches.test(), "test"),
+        }
 
     def fit(self, callbacks: Sequence[Callback] = ()) -> list[dict[str, float]]:
         for cb in callbacks:

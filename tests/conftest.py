@@ -93,6 +93,7 @@ def cifar10_factory() -> Callable[..., TinyCifar10]:
 VARIANTS = {
     "bop": ("bop", {}),
     "bop2": ("bop", {"optimizer": "bop2"}),
+    "bop2_unbiased": ("bop", {"optimizer": "bop2_unbiased"}),
     "latent": ("default", {}),
 }
 

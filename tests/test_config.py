@@ -8,6 +8,7 @@ import pytest
 from bopsweep.config import (
     HPARAM_KEYS,
     HPARAM_SETS,
+    ORIGINAL_NAMES,
     HParams,
     TrainConfig,
     make_train_config,
@@ -51,7 +52,7 @@ def test_unknown_key_lists_valid_keys():
     assert "unknown hparam 'gama'" in message
     for key in ("gamma", "threshold", "lr", "batch_size", "epochs", "sigma"):
         assert key in message
-    assert set(HPARAM_KEYS) == set(HParams.model_fields)
+    assert set(HPARAM_KEYS) == set(HParams.model_fields) | set(ORIGINAL_NAMES)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +64,7 @@ def test_unknown_key_lists_valid_keys():
         ({"threshold": "-1e-6"}, "threshold", "greater than or equal to 0"),
         ({"epochs": "1.5"}, "epochs", "integer"),
         ({"batch_size": "0"}, "batch_size", "greater than 0"),
-        ({"optimizer": "sgd"}, "optimizer", "'bop', 'bop2' or 'latent'"),
+        ({"optimizer": "sgd"}, "optimizer", "'bop', 'bop2', 'bop2_unbiased' or 'latent'"),
         ({"gamma_schedule": "cosine"}, "gamma_schedule", "constant"),
     ],
 )
@@ -219,3 +220,66 @@ def test_make_train_config_resolves_hparams():
     assert (hp.threshold, hp.gamma, hp.epochs, hp.batch_size) == (1e-6, 1e-3, 4, 100)
     assert config.model_dump()["hparams"] == {"threshold": "1e-6", "gamma": "1e-3"}
     assert TrainConfig.model_validate(config.model_dump()) == config
+
+
+# ------------------------------------------------------- the original code's names
+def test_the_original_codes_imagenet_hparam_names():
+    # bnn_optimization/models/xnor.py's bop set, by its own names.
+    original = parse_hparams(
+        "lr_start=2.5e-3,lr_end=5e-6,gamma_start=1e-4,gamma_end=1e-6,"
+        "regularization_quantity=5e-7,threshold=1e-8"
+    )
+    hp = resolve_hparams("xnornet", "bop", original)
+    assert (hp.lr, hp.lr_end, hp.gamma, hp.gamma_end, hp.threshold) == (
+        2.5e-3,
+        5e-6,
+        1e-4,
+        1e-6,
+        1e-8,
+    )
+    # Keras' l2(q) is a weight decay of 2q.
+    assert hp.weight_decay == 1e-6
+    assert hp == resolve_hparams("xnornet", "bop", {})
+
+
+def test_the_original_codes_sec52_decay_names():
+    # bop_sec52: gamma x gamma_decay every decay_step steps (50000 / 50 * 100 = 100 epochs).
+    hp = resolve_hparams(
+        "binarynet",
+        "bop_sec52",
+        parse_hparams("gamma_decay=0.5,decay_step=1000,learning_rate=1e-3"),
+    )
+    assert (hp.gamma_decay_factor, hp.gamma_decay_steps, hp.lr) == (0.5, 1000, 1e-3)
+    schedule = hp.schedule("gamma", steps_per_epoch=7)
+    assert schedule(999) == pytest.approx(1e-4) and schedule(1000) == pytest.approx(5e-5)
+    # The set's own period, 100 epochs of 1000 steps, is the original's decay_step.
+    default = resolve_hparams("binarynet", "bop_sec52", {}).schedule("gamma", 1000)
+    assert default(99_999) == pytest.approx(1e-4) and default(100_000) == pytest.approx(1e-5)
+
+
+def test_an_original_name_and_its_bopsweep_name_together_are_refused():
+    with pytest.raises(UserError, match="hparam lr sets lr a second time"):
+        resolve_hparams("binarynet", "bop", {"lr_start": "1e-3", "lr": "1e-2"})
+    with pytest.raises(UserError, match="regularization_quantity"):
+        resolve_hparams("xnornet", "bop", {"regularization_quantity": "abc"})
+
+
+def test_architecture_hparams_per_model():
+    hp = resolve_hparams(
+        "binarynet", "bop", parse_hparams("filters=32,dense_units=64,kernel_size=5")
+    )
+    assert hp.model_options() == {"filters": 32, "dense_units": 64, "kernel_size": 5}
+    assert resolve_hparams("binarynet", "bop", {}).model_options() == {}
+    assert resolve_hparams("mlp", "bop", {"dense_units": "16"}).model_options() == {
+        "dense_units": 16
+    }
+    with pytest.raises(
+        UserError, match=r"hparam filters is not an option of model mlp; .*dense_units"
+    ):
+        resolve_hparams("mlp", "bop", {"filters": "8"})
+    with pytest.raises(
+        UserError, match="not an option of model xnornet; its architecture hparams: none"
+    ):
+        resolve_hparams("xnornet", "bop", {"kernel_size": "3"})
+    with pytest.raises(UserError, match="filters"):
+        resolve_hparams("binarynet", "bop", {"filters": "0"})

@@ -320,3 +320,27 @@ def test_digits_read_from_scikit_learns_file_match_load_digits():
     bunch = load_digits()
     assert np.array_equal(images, bunch.images.astype(np.uint8))
     assert np.array_equal(labels, bunch.target)
+
+
+def test_validation_split_of_cifar10_is_the_last_tenth_of_the_training_batches(tiny_cifar10):
+    data = load_dataset("cifar10", tiny_cifar10.data_dir)  # 20 training images, 6 test
+    split = data.split_validation()
+    rows = tiny_cifar10.train_rows.reshape(20, 3, 32, 32)
+    assert np.array_equal(split.train_x.numpy(), rows[:18])
+    assert np.array_equal(split.val_x.numpy(), rows[18:])
+    assert split.val_y.tolist() == tiny_cifar10.train_labels[18:].tolist()
+    assert np.array_equal(split.test_x.numpy().reshape(6, -1), tiny_cifar10.test_rows)
+    # The split is fixed: the same for every run, whatever its seed.
+    assert torch.equal(data.split_validation().val_x, split.val_x)
+    # limit() limits the test split as it limits val, and to() moves it too.
+    limited = split.limit(5, 1)
+    assert (len(limited.train_y), len(limited.val_y), len(limited.test_y)) == (5, 1, 1)
+    batches = split.batches("default", 8, torch.device("cpu"))
+    tested = list(batches.test())
+    assert [len(y) for _, y in tested] == [6]
+    assert torch.equal(tested[0][0], normalize(split.test_x, 255.0))
+    assert list(data.batches("default", 8, torch.device("cpu")).test()) == []
+    with pytest.raises(UserError, match="too few"):
+        InMemoryDataset(
+            "one", data.train_x[:1], data.train_y[:1], data.val_x, data.val_y, 10
+        ).split_validation()

@@ -209,3 +209,95 @@ def test_trains_end_to_end(tiny_imagenet):
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
     assert metrics["flip_ratio"] >= 0.0 and "flip_ratio/stage1.0.conv" in metrics
     assert metrics["samples_per_s"] > 0
+
+
+def test_validation_split_holds_out_evenly_spaced_training_images(tiny_imagenet):
+    data = load_dataset("imagenet2012", tiny_imagenet)
+    # 6 training images, too few for 10%; a half shows the spacing: every 2nd image.
+    split = data.split_validation(0.5)
+    assert split.train_indices == (0, 2, 4) and split.val_indices == (1, 3, 5)
+    assert split.train_y.tolist() == [0, 0, 1]
+    # Held-out images are read as evaluation images; training ones keep augmentation.
+    assert split.val.transform is data.val.transform
+    assert split.train.transform is data.train.transform is not data.val.transform
+    assert split.val.samples is data.train.samples
+    batches = _batches(split, batch_size=4)
+    assert batches.num_train == 3
+    assert [y.tolist() for _, y in batches.val()] == [[0, 1, 1]]
+    # The test split is ImageNet's validation images, all of them.
+    assert [y.tolist() for _, y in batches.test()] == [[0, 0, 1, 1]]
+    assert list(_batches(data, batch_size=4).test()) == []
+    with pytest.raises(UserError, match="too few to hold out 10%"):
+        data.split_validation()
+    with pytest.raises(ValueError, match="already has a held-out"):
+        split.split_validation(0.5)
+
+
+# ------------------------------------------------- the original code's TF crops
+def test_sample_distorted_bounding_box_keeps_tensorflows_constraints():
+    from bopsweep.data.imagenet import sample_distorted_bounding_box
+
+    gen = torch.Generator().manual_seed(0)
+    height, width = 300, 400
+    boxes = [sample_distorted_bounding_box(height, width, generator=gen) for _ in range(300)]
+    assert all(box is not None for box in boxes)
+    fractions = []
+    for top, left, h, w in boxes:
+        assert 0 <= top <= height - h and 0 <= left <= width - w
+        # Width is the rounded height x ratio: the ratio holds to within rounding.
+        assert 3 / 4 - 1 / h <= w / h <= 4 / 3 + 1 / h
+        fractions.append(h * w / (height * width))
+    assert min(fractions) >= 0.08 and max(fractions) <= 1.0
+    assert min(fractions) < 0.15 and max(fractions) > 0.8  # the whole range is drawn
+    # Seeded: the same generator state draws the same boxes.
+    again = torch.Generator().manual_seed(0)
+    assert boxes[:5] == [
+        sample_distorted_bounding_box(height, width, generator=again) for _ in range(5)
+    ]
+    # No crop of 8% of a 10x1000 strip has an aspect ratio in [3/4, 4/3]: every attempt fails.
+    assert sample_distorted_bounding_box(10, 1000, generator=gen) is None
+
+
+def test_tf_centre_crop_is_the_originals_padded_square(tiny_imagenet):
+    from bopsweep.data.imagenet import TFCenterCrop, TFRandomCrop
+
+    crop = TFCenterCrop(224)
+    # 224 / 256 of the short side, offsets rounded up: (256 - 224 + 1) // 2 = 16.
+    assert crop.box(256, 320) == (16, 48, 224, 224)
+    assert crop.box(320, 256) == (48, 16, 224, 224)
+    assert crop.box(500, 375) == (86, 24, 328, 328)  # side int(0.875 * 375)
+    path = sorted((tiny_imagenet / "imagenet2012" / "val").rglob("*.JPEG"))[0]
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+        out = crop(rgb)
+        # The square is already 224: the bicubic resize keeps it pixel for pixel.
+        pixels = _decoded(path)
+        assert torch.equal(out, torch.tensor(pixels[16:240, 48:272]).permute(2, 0, 1))
+        # A strip too thin for any random crop falls back to the centre crop.
+        strip = rgb.resize((1000, 10))
+        assert torch.equal(TFRandomCrop(224)(strip), TFCenterCrop(224)(strip))
+
+
+def test_imagenet_tf_preprocessing_end_to_end(tiny_imagenet):
+    data = load_dataset("imagenet2012", tiny_imagenet)
+    batches = data.batches("imagenet_tf", 4, torch.device("cpu"))
+    assert isinstance(batches, LoaderBatches)
+    batches.num_workers = 0
+    out = list(batches.train(torch.Generator().manual_seed(0)))
+    assert [tuple(x.shape) for x, _ in out] == [(4, 3, 224, 224), (2, 3, 224, 224)]
+    for x, y in out:
+        for image, label in zip(x, y, strict=True):
+            # A crop of a flat colour, resized bicubic, is that colour.
+            expected = _normalised(np.array(COLOURS[int(label)], np.uint8).reshape(1, 1, 3))
+            assert torch.allclose(image, expected.float().expand_as(image), atol=0.05)
+    # Evaluation images: the original's padded centre crop, not torchvision's.
+    files = sorted((tiny_imagenet / "imagenet2012" / "val").rglob("*.JPEG"))
+    (first, _), *_ = batches.val()
+    pixels = _decoded(files[0])  # 320 x 256 (width x height): crop box (16, 48)
+    expected = _normalised(pixels[16:240, 48:272]).float()
+    assert torch.allclose(first[0], expected, atol=1e-4)
+    # The datasets held in memory refuse it.
+    with pytest.raises(UserError, match="'imagenet_tf' is for ImageNet; for digits use default"):
+        load_dataset("digits").batches("imagenet_tf", 4, torch.device("cpu"))
+    with pytest.raises(UserError, match=r"'default' \(torchvision's\) or 'imagenet_tf'"):
+        data.batches("resize_and_flip", 4, torch.device("cpu"))

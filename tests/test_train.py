@@ -24,6 +24,7 @@ TIMING_KEYS = {"epoch_time_s", "samples_per_s"}
 VARIANTS = {
     "bop": ("bop", {}),
     "bop2": ("bop", {"optimizer": "bop2"}),
+    "bop2_unbiased": ("bop", {"optimizer": "bop2_unbiased"}),
     "latent": ("default", {}),
 }
 
@@ -88,6 +89,44 @@ def test_metrics_of_every_epoch():
         assert metrics["epoch_time_s"] > 0 and metrics["samples_per_s"] > 0
     assert result.final is result.history[-1]
     assert result.hparams.epochs == 2
+
+
+def test_top5_accuracy_with_more_than_five_classes():
+    data = make_synthetic(shape=(1, 8, 8), num_classes=10, n_train=256, n_val=64, seed=0)
+    result = train(_config("bop", epochs=1), data=data, device=CPU)
+    metrics = result.final
+    for split in ("train", "val"):
+        top1, top5 = metrics[f"{split}_accuracy"], metrics[f"{split}_top5_accuracy"]
+        assert top1 <= top5 <= 1.0
+        assert top5 > top1  # 10 classes after one epoch: not all right at top-1
+    # Two classes (the other tests' data): top-5 would always be 1, so it is absent.
+    assert "val_top5_accuracy" not in train(_config("bop", epochs=1), data=_data()).final
+
+
+def test_validation_split_holds_out_training_data_and_scores_the_test_set():
+    config = make_train_config(
+        model="mlp",
+        dataset="digits",
+        hparams_set="bop",
+        epochs=2,
+        device="cpu",
+        validation_split=True,
+    )
+    trainer = Trainer(config, device=CPU)
+    # digits: 1438 training images (fixed 80/20 split), 359 test images.
+    assert len(trainer.data.train_y) == 1294 and len(trainer.data.val_y) == 144
+    assert len(trainer.data.test_y) == 359
+    plain = Trainer(_digits_config(1), device=CPU)
+    # The held-out part is the end of the training set; the test set is the old val.
+    assert torch.equal(trainer.data.val_x, plain.data.train_x[1294:])
+    assert torch.equal(trainer.data.test_y, plain.data.val_y)
+    history = trainer.fit()
+    for metrics in history:
+        assert {"val_accuracy", "val_top5_accuracy", "test_accuracy", "test_loss"} <= set(metrics)
+        assert 0.5 < metrics["test_accuracy"] <= 1.0
+        assert metrics["test_accuracy"] != metrics["val_accuracy"]
+    # Without the split there is no test_* metric: val is the test set.
+    assert not any(k.startswith("test_") for k in plain.evaluate())
 
 
 def test_latent_metrics_have_no_bop_rates():
@@ -213,7 +252,7 @@ class _SaveAfterFirstEpoch(Callback):
             self.state = _round_trip(trainer.state_dict())
 
 
-@pytest.mark.parametrize("variant", ["bop", "bop2", "latent"])
+@pytest.mark.parametrize("variant", ["bop", "bop2", "bop2_unbiased", "latent"])
 def test_resume_after_epoch_one_matches_an_uninterrupted_run(variant):
     config = _config(
         variant, epochs=2, lr_schedule="linear", lr_end=1e-3, gamma_schedule="exponential",

@@ -24,6 +24,7 @@ optimizer and every other parameter to a full-precision one (Adam in the paper).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -32,7 +33,15 @@ from torch.optim import Optimizer
 
 from bopsweep.bnn.schedules import Schedule, as_schedule
 
-__all__ = ["Bop", "Bop2ndOrder", "CaseOptimizer", "bop", "bop2"]
+__all__ = [
+    "Bop",
+    "Bop2ndOrder",
+    "Bop2ndOrderUnbiased",
+    "CaseOptimizer",
+    "bop",
+    "bop2",
+    "bop2_unbiased",
+]
 
 # "Bop and Beyond" divides by sqrt(v) + eps with this eps.
 _BOP2_EPS = 1e-10
@@ -262,6 +271,52 @@ def _multi_tensor_bop2(
     _flip_multi(params, torch._foreach_div(ms, denominators), threshold, flips)
 
 
+def _single_tensor_bop2_unbiased(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    vs: list[Tensor],
+    m_corrections: list[float],
+    v_corrections: list[float],
+    flips: list[Tensor] | None,
+    *,
+    threshold: float,
+    gamma: float,
+    sigma: float,
+) -> None:
+    tensors = zip(params, grads, ms, vs, m_corrections, v_corrections, strict=True)
+    for i, (w, g, m, v, m_correction, v_correction) in enumerate(tensors):
+        m.lerp_(g, gamma)
+        v.lerp_(g * g, sigma)
+        score = (m / m_correction) / ((v / v_correction).sqrt() + _BOP2_EPS)
+        _flip_single(w, score, threshold, None if flips is None else flips[i])
+
+
+def _multi_tensor_bop2_unbiased(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    vs: list[Tensor],
+    m_corrections: list[float],
+    v_corrections: list[float],
+    flips: list[Tensor] | None,
+    *,
+    threshold: float,
+    gamma: float,
+    sigma: float,
+) -> None:
+    if not params:
+        return
+    torch._foreach_lerp_(ms, grads, gamma)
+    torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), sigma)
+    m_hats = torch._foreach_div(ms, m_corrections)
+    denominators = torch._foreach_div(vs, v_corrections)
+    torch._foreach_sqrt_(denominators)
+    torch._foreach_add_(denominators, _BOP2_EPS)
+    torch._foreach_div_(m_hats, denominators)
+    _flip_multi(params, m_hats, threshold, flips)
+
+
 def bop(
     params: list[Tensor],
     grads: list[Tensor],
@@ -293,6 +348,38 @@ def bop2(
     """Functional second-order Bop: update ``ms``, ``vs`` and flip ``params`` in place."""
     kernel = _multi_tensor_bop2 if foreach else _single_tensor_bop2
     kernel(params, grads, ms, vs, flips, threshold=threshold, gamma=gamma, sigma=sigma)
+
+
+def bop2_unbiased(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    vs: list[Tensor],
+    m_corrections: list[float],
+    v_corrections: list[float],
+    flips: list[Tensor] | None = None,
+    *,
+    threshold: float,
+    gamma: float,
+    sigma: float,
+    foreach: bool = True,
+) -> None:
+    """Functional bias-corrected second-order Bop: update ``ms``, ``vs`` and flip
+    ``params`` in place; the flip test divides ``m`` and ``v`` by their corrections
+    (``1 - (1 - gamma)^t`` and ``1 - (1 - sigma)^t`` for constant rates), one per tensor."""
+    kernel = _multi_tensor_bop2_unbiased if foreach else _single_tensor_bop2_unbiased
+    kernel(
+        params,
+        grads,
+        ms,
+        vs,
+        m_corrections,
+        v_corrections,
+        flips,
+        threshold=threshold,
+        gamma=gamma,
+        sigma=sigma,
+    )
 
 
 # ------------------------------------------------------------------------ optimizers
@@ -472,6 +559,51 @@ class Bop2ndOrder(Bop):
             threshold=threshold,
             gamma=gamma,
             sigma=as_schedule(group["sigma"])(group["step"]),
+            foreach=foreach,
+        )
+
+
+class Bop2ndOrderUnbiased(Bop2ndOrder):
+    """Bop2ndOrder with Adam's bias correction ("Bop and Beyond", its unbiased variant).
+
+    ``m`` and ``v`` start at zero, so early on they underestimate the gradient's
+    moments; the flip test uses ``m_hat = m / (1 - (1 - gamma)^t)`` and
+    ``v_hat = v / (1 - (1 - sigma)^t)`` after ``t`` steps of the tensor::
+
+        w <- -w  if  w * m_hat / (sqrt(v_hat) + 1e-10) > threshold  else  w
+
+    With a scheduled rate the correction is ``1 - prod(1 - rate_i)`` over the
+    tensor's steps (the total weight the moving average has given to gradients),
+    which is the formula above when the rate is constant. Arguments as for
+    :class:`Bop2ndOrder`.
+    """
+
+    def _init_state(self, p: Tensor, state: dict) -> None:
+        super()._init_state(p, state)
+        # log(prod(1 - rate)) over this tensor's steps, in float64: with gamma 1e-7
+        # (1 - gamma)^t is too close to 1 for float32, and products of floats drift.
+        state["log_m_decay"] = 0.0
+        state["log_v_decay"] = 0.0
+
+    def _update(self, group, params, grads, states, flips, threshold, gamma, foreach) -> None:
+        sigma = as_schedule(group["sigma"])(group["step"])
+        m_corrections, v_corrections = [], []
+        for state in states:
+            state["log_m_decay"] += math.log1p(-gamma) if gamma < 1.0 else -math.inf
+            state["log_v_decay"] += math.log1p(-sigma) if sigma < 1.0 else -math.inf
+            m_corrections.append(-math.expm1(state["log_m_decay"]))
+            v_corrections.append(-math.expm1(state["log_v_decay"]))
+        bop2_unbiased(
+            params,
+            grads,
+            [s["m"] for s in states],
+            [s["v"] for s in states],
+            m_corrections,
+            v_corrections,
+            flips,
+            threshold=threshold,
+            gamma=gamma,
+            sigma=sigma,
             foreach=foreach,
         )
 

@@ -101,6 +101,8 @@ PREPROCESS_FNS: LazyRegistry[Preprocess] = LazyRegistry(
         "default": "bopsweep.data.batches:DEFAULT",
         # The paper's CIFAR-10 augmentation: pad 4, random 32x32 crop, random flip.
         "resize_and_flip": "bopsweep.data.batches:RESIZE_AND_FLIP",
+        # ImageNet only: the original code's TensorFlow crops (bopsweep.data.imagenet).
+        "imagenet_tf": "bopsweep.data.imagenet:IMAGENET_TF",
     },
 )
 

@@ -86,6 +86,10 @@ class Batches(Protocol):
 
     def val(self) -> Iterator[tuple[Tensor, Tensor]]: ...
 
+    def test(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """The test split when validation is held out of the training set, else nothing."""
+        ...
+
 
 def steps_per_epoch(num_train: int, batch_size: int) -> int:
     full, rest = divmod(num_train, batch_size)
@@ -136,8 +140,17 @@ class DeviceBatches(BatchesBase):
             x = self.preprocess.train(data.train_x[index], data.pixel_max, generator)
             yield x, data.train_y[index]
 
+    def _eval_batches(
+        self, xs: Tensor | None, ys: Tensor | None, batch_size: int
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        if xs is None or ys is None:
+            return
+        for start in range(0, len(ys), batch_size):
+            x = xs[start : start + batch_size]
+            yield self.preprocess.eval(x, self.data.pixel_max), ys[start : start + batch_size]
+
     def val(self, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
-        data = self.data
-        for start in range(0, len(data.val_y), batch_size):
-            x = data.val_x[start : start + batch_size]
-            yield self.preprocess.eval(x, data.pixel_max), data.val_y[start : start + batch_size]
+        return self._eval_batches(self.data.val_x, self.data.val_y, batch_size)
+
+    def test(self, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
+        return self._eval_batches(self.data.test_x, self.data.test_y, batch_size)

@@ -9,6 +9,8 @@ normalised. :class:`LoaderBatches` gives the training loop the same small
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +35,9 @@ class ImageFolderDataset:
     images; the batches are normalised with ``mean`` / ``std`` on the device.
 
     ``train_indices`` / ``val_indices`` restrict a split (``None``: all of it).
+    As loaded, ``val`` is the test set (ImageNet's validation images);
+    :meth:`split_validation` holds out part of ``train`` as ``val`` and moves it to
+    ``test``.
     ``num_workers=None`` uses one worker per thread torch may use, which a Ray trial
     sets to its CPU share.
     """
@@ -47,6 +52,8 @@ class ImageFolderDataset:
     train_indices: tuple[int, ...] | None = None
     val_indices: tuple[int, ...] | None = None
     num_workers: int | None = None
+    test: Any = None
+    test_indices: tuple[int, ...] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -70,15 +77,63 @@ class ImageFolderDataset:
             self,
             train_indices=_spread(self.train_indices, len(self.train), max_train),
             val_indices=_spread(self.val_indices, len(self.val), max_val),
+            test_indices=None
+            if self.test is None
+            else _spread(self.test_indices, len(self.test), max_val),
+        )
+
+    def split_validation(self, fraction: float = 0.1) -> ImageFolderDataset:
+        """Hold out an evenly spaced ``fraction`` of the training images (every 10th:
+        the folders are sorted by class, so each class gives its share) as ``val``,
+        read with the evaluation transform; the loaded ``val`` becomes ``test``."""
+        if self.test is not None:
+            raise ValueError(f"{self.name} already has a held-out validation split")
+        indices = range(len(self.train)) if self.train_indices is None else self.train_indices
+        held_out = [int((pos + 1) * fraction) > int(pos * fraction) for pos in range(len(indices))]
+        if all(held_out) or not any(held_out):
+            raise UserError(
+                f"{self.name}: {len(indices)} training images are too few to hold out "
+                f"{fraction:.0%}"
+            )
+        held_set = copy.copy(self.train)  # the same file list, read as evaluation images
+        held_set.transform = self.val.transform
+        return replace(
+            self,
+            train_indices=tuple(i for i, out in zip(indices, held_out, strict=True) if not out),
+            val=held_set,
+            val_indices=tuple(i for i, out in zip(indices, held_out, strict=True) if out),
+            test=self.val,
+            test_indices=self.val_indices,
         )
 
     def batches(self, preprocess_fn: str, batch_size: int, device: torch.device) -> Batches:
-        if preprocess_fn != "default":
+        if preprocess_fn not in IMAGENET_PREPROCESS:
             raise UserError(
-                f"{self.name} has its own preprocessing (the paper's ImageNet pipeline); "
-                f"use preprocess_fn 'default', not {preprocess_fn!r}"
+                f"{self.name} has its own preprocessing: preprocess_fn 'default' "
+                f"(torchvision's) or 'imagenet_tf' (the original code's), not {preprocess_fn!r}"
             )
-        return LoaderBatches(self, batch_size, device)
+        data = self
+        if preprocess_fn != "default":
+            data = self.with_transforms(*IMAGENET_PREPROCESS[preprocess_fn](self.image_size))
+        return LoaderBatches(data, batch_size, device)
+
+    def with_transforms(self, train_transform, eval_transform) -> ImageFolderDataset:
+        """The same images read with other transforms (every split: the held-out
+        part of the training images, read as evaluation images, included)."""
+
+        def reading(folder: Any, transform) -> Any:
+            if folder is None:
+                return None
+            copy_ = copy.copy(folder)
+            copy_.transform = transform
+            return copy_
+
+        return replace(
+            self,
+            train=reading(self.train, train_transform),
+            val=reading(self.val, eval_transform),
+            test=reading(self.test, eval_transform),
+        )
 
 
 def _spread(indices: Sequence[int] | None, n: int, limit: int | None) -> tuple[int, ...] | None:
@@ -108,6 +163,126 @@ def imagenet_transforms(image_size: int = IMAGENET_SIZE, resize: int = IMAGENET_
         [T.Resize(resize, interpolation=bicubic), T.CenterCrop(image_size), T.PILToTensor()]
     )
     return train, evaluate
+
+
+# The original code's ImageNet pipeline (TensorFlow, from the EfficientNet TPU code):
+# its evaluation crop is the centre square of 224 / (224 + 32) of the short side.
+CROP_PADDING = 32
+
+
+def sample_distorted_bounding_box(
+    height: int,
+    width: int,
+    *,
+    min_object_covered: float = 0.1,
+    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+    area_range: tuple[float, float] = (0.08, 1.0),
+    max_attempts: int = 10,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int] | None:
+    """A random crop ``(top, left, crop_height, crop_width)`` drawn as TensorFlow's
+    ``sample_distorted_bounding_box`` draws one for a whole-image bounding box; None
+    when every attempt fails (TF then returns the whole image).
+
+    Per attempt: an aspect ratio (width / height) uniform in its range; a height
+    uniform between the heights of the smallest and largest allowed areas at that
+    ratio (TF's GenerateRandomCrop, which is why its crops differ in distribution
+    from torchvision's area-uniform RandomResizedCrop); the crop must cover at least
+    ``min_object_covered`` of the image; a position uniform where it fits.
+    """
+
+    def uniform_int(n: int) -> int:  # [0, n)
+        return int(torch.randint(n, (1,), generator=generator)) if n > 1 else 0
+
+    min_area = area_range[0] * width * height
+    max_area = area_range[1] * width * height
+    for _ in range(max_attempts):
+        low, high = aspect_ratio_range
+        ratio = float(torch.rand((), generator=generator)) * (high - low) + low
+        crop_h = round(math.sqrt(min_area / ratio))
+        max_h = round(math.sqrt(max_area / ratio))
+        if round(max_h * ratio) > width:
+            max_h = int((width + 0.5 - 1e-7) / ratio)
+            if round(max_h * ratio) > width:
+                max_h -= 1
+        max_h = min(max_h, height)
+        crop_h = min(crop_h, max_h)
+        if crop_h < max_h:
+            crop_h += uniform_int(max_h - crop_h + 1)
+        crop_w = round(crop_h * ratio)
+        if crop_w * crop_h < min_area:
+            crop_h += 1
+            crop_w = round(crop_h * ratio)
+        area = crop_w * crop_h
+        if not (min_area <= area <= max_area and 0 < crop_w <= width and 0 < crop_h <= height):
+            continue
+        if area < min_object_covered * width * height:
+            continue
+        return uniform_int(height - crop_h + 1), uniform_int(width - crop_w + 1), crop_h, crop_w
+    return None
+
+
+def resize_bicubic(image: Tensor, size: int) -> Tensor:
+    """uint8 ``(C, H, W)`` -> ``(C, size, size)``: bicubic without antialiasing, as
+    TensorFlow's ``resize_bicubic`` (PIL, and so torchvision on PIL images, always
+    antialias when shrinking)."""
+    out = torch.nn.functional.interpolate(
+        image[None].float(), size=(size, size), mode="bicubic", align_corners=False
+    )[0]
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class TFCenterCrop:
+    """The original's evaluation crop: the centre square of ``size / (size + 32)`` of
+    the short side, resized bicubic (no antialias) to ``size``."""
+
+    def __init__(self, size: int = IMAGENET_SIZE) -> None:
+        self.size = size
+
+    def box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        side = int(self.size / (self.size + CROP_PADDING) * min(height, width))
+        return ((height - side) + 1) // 2, ((width - side) + 1) // 2, side, side
+
+    def __call__(self, image) -> Tensor:
+        from torchvision.transforms.functional import pil_to_tensor
+
+        top, left, h, w = self.box(image.height, image.width)
+        return resize_bicubic(pil_to_tensor(image.crop((left, top, left + w, top + h))), self.size)
+
+
+class TFRandomCrop:
+    """The original's training crop: :func:`sample_distorted_bounding_box` (min object
+    covered 0.1, aspect 3/4-4/3, area 8%-100%, 10 attempts), resized bicubic (no
+    antialias) to ``size``; when no attempt succeeds (or the crop is the whole image)
+    the evaluation centre crop instead."""
+
+    def __init__(self, size: int = IMAGENET_SIZE) -> None:
+        self.size = size
+        self.fallback = TFCenterCrop(size)
+
+    def __call__(self, image) -> Tensor:
+        from torchvision.transforms.functional import pil_to_tensor
+
+        box = sample_distorted_bounding_box(image.height, image.width)
+        if box is None or (box[2], box[3]) == (image.height, image.width):
+            return self.fallback(image)
+        top, left, h, w = box
+        return resize_bicubic(pil_to_tensor(image.crop((left, top, left + w, top + h))), self.size)
+
+
+def imagenet_tf_transforms(image_size: int = IMAGENET_SIZE):
+    """The original code's ImageNet preprocessing (TensorFlow), up to uint8 tensors:
+    train :class:`TFRandomCrop` and a random flip, eval :class:`TFCenterCrop`."""
+    from torchvision import transforms as T
+
+    return T.Compose([TFRandomCrop(image_size), T.RandomHorizontalFlip()]), TFCenterCrop(image_size)
+
+
+# preprocess_fn -> the transforms of the train and evaluation images.
+IMAGENET_PREPROCESS = {"default": imagenet_transforms, "imagenet_tf": imagenet_tf_transforms}
+# The registry entry of "imagenet_tf" (bopsweep.data.PREPROCESS_FNS): a name only, the
+# in-memory datasets refuse it.
+IMAGENET_TF = "imagenet_tf"
 
 
 def _image_folder(folder: Path, transform) -> Any:
@@ -171,6 +346,11 @@ class LoaderBatches(BatchesBase):
         self.val_set = (
             data.val if data.val_indices is None else Subset(data.val, list(data.val_indices))
         )
+        self.test_set = (
+            data.test
+            if data.test is None or data.test_indices is None
+            else Subset(data.test, list(data.test_indices))
+        )
         workers = data.num_workers
         self.num_workers = max(1, torch.get_num_threads()) if workers is None else workers
         shape = (1, 3, 1, 1)
@@ -208,4 +388,10 @@ class LoaderBatches(BatchesBase):
 
     def val(self) -> Iterator[tuple[Tensor, Tensor]]:
         for x, y in self._loader(self.val_set, 0, batch_size=self.batch_size):
+            yield self._to_device(x, y)
+
+    def test(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.test_set is None:
+            return
+        for x, y in self._loader(self.test_set, 0, batch_size=self.batch_size):
             yield self._to_device(x, y)

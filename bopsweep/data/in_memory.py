@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from bopsweep.data import get_preprocess
-from bopsweep.data.batches import Batches, DeviceBatches
+from bopsweep.data.batches import Batches, DeviceBatches, Preprocess
 from bopsweep.data.formats import read_cifar_batch
 from bopsweep.data.layout import (
     CIFAR10_FILES,
@@ -31,8 +31,11 @@ from bopsweep.data.layout import (
 )
 from bopsweep.errors import UserError
 
-# The tensors of an InMemoryDataset: images and labels of both splits.
+# The tensors of an InMemoryDataset as loaded: images and labels of both splits.
 TENSOR_FIELDS = ("train_x", "train_y", "val_x", "val_y")
+# The original code's --validationset: the last 10% of the training set (TFDS'
+# "train[90%:]") is held out for validation and the test split is kept for the end.
+VALIDATION_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class InMemoryDataset:
 
     ``pixel_max`` is the largest pixel value of the format (255 for images, 16 for
     scikit-learn's digits): normalisation maps ``[0, pixel_max]`` to ``[-1, 1]``.
+
+    As loaded, ``val`` is the dataset's test split. :meth:`split_validation` holds out
+    part of the training set as ``val`` and moves the test split to ``test``.
     """
 
     name: str
@@ -50,28 +56,56 @@ class InMemoryDataset:
     val_y: Tensor
     num_classes: int
     pixel_max: float = 255.0
+    test_x: Tensor | None = None
+    test_y: Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
 
+    def _fields(self) -> tuple[str, ...]:
+        return TENSOR_FIELDS if self.test_x is None else (*TENSOR_FIELDS, "test_x", "test_y")
+
     def to(self, device: torch.device | str) -> InMemoryDataset:
-        move = {k: getattr(self, k).to(device) for k in TENSOR_FIELDS}
+        move = {k: getattr(self, k).to(device) for k in self._fields()}
         return replace(self, **move)
 
     def limit(self, max_train: int | None, max_val: int | None) -> InMemoryDataset:
-        """The first samples of each split (for smoke runs and benchmarks)."""
+        """The first samples of each split (for smoke runs and benchmarks); the test
+        split, when there is one, is limited like ``val``."""
+        limits = {"train": max_train, "val": max_val, "test": max_val}
+        return replace(self, **{k: getattr(self, k)[: limits[k[:-2]]] for k in self._fields()})
+
+    def split_validation(self, fraction: float = VALIDATION_FRACTION) -> InMemoryDataset:
+        """Hold out the last ``fraction`` of the training set as ``val``; the loaded
+        ``val`` (the test set) becomes ``test``. Fixed: the same split for every run."""
+        if self.test_x is not None:
+            raise ValueError(f"{self.name} already has a held-out validation split")
+        n = len(self.train_y)
+        keep = n - round(n * fraction)
+        if not 0 < keep < n:
+            raise UserError(
+                f"{self.name}: {n} training samples are too few to hold out {fraction:.0%}"
+            )
         return replace(
             self,
-            train_x=self.train_x[:max_train],
-            train_y=self.train_y[:max_train],
-            val_x=self.val_x[:max_val],
-            val_y=self.val_y[:max_val],
+            train_x=self.train_x[:keep],
+            train_y=self.train_y[:keep],
+            val_x=self.train_x[keep:],
+            val_y=self.train_y[keep:],
+            test_x=self.val_x,
+            test_y=self.val_y,
         )
 
     def batches(self, preprocess_fn: str, batch_size: int, device: torch.device) -> Batches:
         """Move both splits to ``device`` and batch them there."""
-        return DeviceBatches(self.to(device), get_preprocess(preprocess_fn), batch_size)
+        preprocess = get_preprocess(preprocess_fn)
+        if not isinstance(preprocess, Preprocess):
+            raise UserError(
+                f"preprocess fn {preprocess_fn!r} is for ImageNet; for {self.name} use "
+                "default or resize_and_flip"
+            )
+        return DeviceBatches(self.to(device), preprocess, batch_size)
 
 
 def cifar10(data_dir: Path, download: bool) -> InMemoryDataset:

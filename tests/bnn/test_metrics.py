@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bopsweep.bnn.metrics import LOG_FLIP_FLOOR, flip_metrics, log_flip_ratio
+from bopsweep.bnn.metrics import LOG_FLIP_FLOOR, flip_metrics, log_flip_ratio, topk_correct
 from bopsweep.bnn.optim import Bop
 
 
@@ -64,3 +64,35 @@ def test_flip_metrics_from_bop():
     assert metrics["flip_ratio/b"] == 2 / 4
     assert metrics["flip_ratio"] == 7 / 12
     assert flip_metrics(opt.read_flips(), {first: "a", second: "b"}) == {}
+
+
+def test_topk_correct_counts_targets_among_the_k_largest_logits():
+    logits = torch.tensor(
+        [
+            [0.1, 0.9, 0.0, 0.5, 0.2, 0.3, 0.4],  # target 1: top-1
+            [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],  # target 4: 5th largest
+            [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],  # target 5: 6th largest
+        ]
+    )
+    targets = torch.tensor([1, 4, 5])
+    assert topk_correct(logits, targets, 1).item() == 1
+    assert topk_correct(logits, targets, 5).item() == 2
+    assert topk_correct(logits, targets, 6).item() == 3
+    # k above the number of classes counts every sample.
+    assert topk_correct(logits[:, :3], torch.tensor([0, 1, 2]), 5).item() == 3
+    assert topk_correct(logits, targets, 5).dtype == torch.int64
+
+
+def test_topk_correct_on_stacked_logits_counts_per_model():
+    # [K, B, C]: the logits of K models on one batch, as a trainer stacking K
+    # configurations produces; one count per model.
+    gen = torch.Generator().manual_seed(0)
+    stacked = torch.randn(3, 50, 10, generator=gen)
+    targets = torch.randint(10, (50,), generator=gen)
+    counts = topk_correct(stacked, targets, 5)
+    assert counts.shape == (3,)
+    for k in range(3):
+        top5 = stacked[k].argsort(dim=1, descending=True)[:, :5]
+        assert counts[k].item() == sum(
+            t in row for t, row in zip(targets, top5.tolist(), strict=True)
+        )

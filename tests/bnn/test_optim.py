@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from bopsweep.bnn import optim
 from bopsweep.bnn.layers import CenterBatchNorm1d, QuantLinear, binary_parameters
 from bopsweep.bnn.models import build_model
-from bopsweep.bnn.optim import Bop, Bop2ndOrder, CaseOptimizer
+from bopsweep.bnn.optim import Bop, Bop2ndOrder, Bop2ndOrderUnbiased, CaseOptimizer
 from bopsweep.bnn.schedules import Schedule
 from bopsweep.config import HParams
 from bopsweep.train import build_optimizer
@@ -582,12 +582,13 @@ def test_case_optimizer_applies_the_lr_schedule_to_fp_params():
     assert lrs == pytest.approx([0.05, 0.042, 0.034, 0.026, 0.018, 0.01])
 
 
-@pytest.mark.parametrize("optimizer", ["bop", "bop2"])
+@pytest.mark.parametrize("optimizer", ["bop", "bop2", "bop2_unbiased"])
 def test_build_optimizer_routes_binary_kernels_to_bop(optimizer):
     model = build_model("mlp", (1, 8, 8), 10)
     hp = HParams(optimizer=optimizer, threshold=1e-6, gamma=1e-3, sigma=0.05)
     opt = build_optimizer(model, hp, steps_per_epoch=10)
-    assert type(opt.binary) is (Bop2ndOrder if optimizer == "bop2" else Bop)
+    classes = {"bop": Bop, "bop2": Bop2ndOrder, "bop2_unbiased": Bop2ndOrderUnbiased}
+    assert type(opt.binary) is classes[optimizer]
     binary = {id(p) for p in binary_parameters(model)}
     assert {id(p) for p in opt.binary.param_groups[0]["params"]} == binary
     fp = {id(p) for g in opt.fp.param_groups for p in g["params"]}
@@ -595,7 +596,7 @@ def test_build_optimizer_routes_binary_kernels_to_bop(optimizer):
     assert isinstance(opt.fp, torch.optim.Adam)
     assert opt.binary.current("gamma") == 1e-3
     assert opt.binary.current("threshold") == 1e-6
-    if optimizer == "bop2":
+    if optimizer != "bop":
         assert opt.binary.param_groups[0]["sigma"]["start"] == 0.05
     assert not opt.clip_binary
 
@@ -667,6 +668,6 @@ def test_latent_lr_schedule_reaches_the_binary_kernels():
     assert expected == pytest.approx(0.02)
 
 
-@pytest.mark.parametrize("variant", ["bop", "bop2", "latent"])
+@pytest.mark.parametrize("variant", ["bop", "bop2", "bop2_unbiased", "latent"])
 def test_variant_trains_a_small_bnn(check_bnn_trains, variant):
     check_bnn_trains(variant)

@@ -51,6 +51,8 @@ TRIALS = [
     "trial_003 threshold=1e-06 gamma=0.0001",
 ]
 REPORT_FILES = [
+    # A threshold x gamma grid: the paper's section 5.1 findings checked.
+    "claims.json",
     "curves.png",
     "curves.svg",
     "heatmaps.png",

@@ -172,3 +172,22 @@ def test_bad_spec_exits_2_without_traceback_or_ray(tmp_path):
     # Nothing was started: no results folder, no tracking store.
     assert not (tmp_path / "bopsweep_results").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_original_codes_hparam_names_and_validation_split_in_a_spec(tmp_path):
+    text = BASE.replace("hparams_set: bop\n", "hparams_set: bop\n  validation_split: true\n")
+    text = text.replace("hparams.gamma:", "hparams.gamma_start:")
+    text = text.replace("seeds: [0, 1]", "")
+    text = text.replace(
+        "  hparams_set: bop\n", "  hparams_set: bop\n  hparams: {lr_start: 0.005}\n"
+    )
+    trials = expand(load_spec(write(tmp_path, text)))
+    assert trials[1].swept == {"hparams.threshold": 0, "hparams.gamma_start": 1e-4}
+    resolved = trials[1].train.resolved_hparams()
+    assert (resolved.gamma, resolved.lr) == (1e-4, 0.005)
+    assert trials[1].train.validation_split is True
+    # An architecture hparam the model does not take is refused with the spec's file.
+    bad = write(
+        tmp_path, BASE.replace("hparams_set: bop", "hparams_set: bop\n  hparams: {filters: 8}")
+    )
+    assert "filters is not an option of model mlp" in error_of(bad)

@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from bopsweep.errors import unknown_name
+from bopsweep.errors import UserError, unknown_name
 from bopsweep.registry import LazyRegistry
 
 if TYPE_CHECKING:
     from torch import nn
 
-ModelBuilder = Callable[[tuple[int, ...], int], "nn.Module"]
+ModelBuilder = Callable[..., "nn.Module"]
 
 MODELS: LazyRegistry[ModelBuilder] = LazyRegistry(
     "model",
@@ -35,6 +35,15 @@ MODELS: LazyRegistry[ModelBuilder] = LazyRegistry(
 )
 # The original code's names.
 ALIASES: dict[str, str] = {"alexnet": "binary_alexnet"}
+# The architecture hparams each model's builder takes as keyword arguments (the
+# original code's names), with their defaults; checked without importing torch.
+MODEL_OPTIONS: dict[str, dict[str, int]] = {
+    "binarynet": {"filters": 128, "dense_units": 1024, "kernel_size": 3},
+    "mlp": {"dense_units": 256},
+    "birealnet": {"filters": 64},
+    "binary_alexnet": {},
+    "xnornet": {},
+}
 
 
 def register_model(name: str, *aliases: str) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -58,5 +67,16 @@ def canonical_model_name(name: str) -> str:
     return name
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    return MODELS[canonical_model_name(name)](tuple(input_shape), num_classes)
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, **options: int
+) -> nn.Module:
+    """``options``: architecture hparams of :data:`MODEL_OPTIONS` (defaults when unset)."""
+    name = canonical_model_name(name)
+    unknown = set(options) - set(MODEL_OPTIONS.get(name, {}))
+    if unknown:
+        valid = ", ".join(MODEL_OPTIONS.get(name, {})) or "none"
+        raise UserError(
+            f"hparam {sorted(unknown)[0]!r} is not an option of model {name}; its "
+            f"architecture hparams: {valid}"
+        )
+    return MODELS[name](tuple(input_shape), num_classes, **options)

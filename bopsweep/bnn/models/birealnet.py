@@ -68,16 +68,19 @@ class BiRealBlock(nn.Module):
 
 
 @register_model("birealnet")
-def birealnet(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def birealnet(
+    input_shape: tuple[int, ...], num_classes: int, *, filters: int = STEM_CHANNELS
+) -> nn.Module:
+    """``filters``: the stem's channels (the original's ``filters``), doubled per stage."""
     channels = input_shape[0]
     layers: list[tuple[str, nn.Module]] = [
-        ("conv1", keras_conv2d(channels, STEM_CHANNELS, 7, 2, 3, init=glorot_normal_)),
-        ("bn1", _bn(STEM_CHANNELS)),
+        ("conv1", keras_conv2d(channels, filters, 7, 2, 3, init=glorot_normal_)),
+        ("bn1", _bn(filters)),
         ("pool1", nn.MaxPool2d(3, 2, padding=1)),
     ]
-    in_ch = STEM_CHANNELS
+    in_ch = filters
     for stage in range(1, STAGES + 1):
-        out_ch = STEM_CHANNELS * 2 ** (stage - 1)
+        out_ch = filters * 2 ** (stage - 1)
         # Named stageN.K, so per-layer metrics read "flip_ratio/stage3.0.conv".
         blocks = []
         for _ in range(BLOCKS_PER_STAGE):

@@ -19,16 +19,19 @@ HIDDEN_UNITS = 256
 
 
 @register_model("mlp")
-def mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def mlp(
+    input_shape: tuple[int, ...], num_classes: int, *, dense_units: int = HIDDEN_UNITS
+) -> nn.Module:
+    """``dense_units``: the width of both hidden layers."""
     in_features = math.prod(input_shape)
     return nn.Sequential(
         OrderedDict(
             flatten=nn.Flatten(),
-            dense1=QuantLinear(in_features, HIDDEN_UNITS, input_quantizer=None),
-            bn1=CenterBatchNorm1d(HIDDEN_UNITS),
-            dense2=QuantLinear(HIDDEN_UNITS, HIDDEN_UNITS),
-            bn2=CenterBatchNorm1d(HIDDEN_UNITS),
-            dense3=QuantLinear(HIDDEN_UNITS, num_classes),
+            dense1=QuantLinear(in_features, dense_units, input_quantizer=None),
+            bn1=CenterBatchNorm1d(dense_units),
+            dense2=QuantLinear(dense_units, dense_units),
+            bn2=CenterBatchNorm1d(dense_units),
+            dense3=QuantLinear(dense_units, num_classes),
             bn3=CenterBatchNorm1d(num_classes),
         )
     )

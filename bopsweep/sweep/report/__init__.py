@@ -14,24 +14,37 @@ The curves follow Figure 1 of Helwegen et al. (2019): per setting, training accu
 parameters held at one value (the paper's threshold 1e-6 / gamma 1e-3 when swept,
 otherwise the middle value). With seeds, curves and heatmap cells are means over seeds.
 
+For a threshold x gamma sweep the report also states whether the paper's section
+5.1 findings are reproduced, with the statistic behind each (:mod:`.claims`): in
+``leaderboard.md``, ``claims.json``, the terminal and the parent run's metrics and tags.
+
 The parts: :mod:`.grid` (key order, settings over seeds), :mod:`.tables` (the
 leaderboard as csv, markdown, MLflow table and terminal table), :mod:`.figures`
-(curves and heatmaps) and :mod:`.parent` (logging to the parent run).
+(curves and heatmaps), :mod:`.claims` (section 5.1's findings) and :mod:`.parent`
+(logging to the parent run).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bopsweep.errors import UserError
 from bopsweep.sweep import mlflow_client
 from bopsweep.sweep.outcome import FLIP_METRIC, SweepOutcome
+from bopsweep.sweep.report.claims import (
+    CLAIMS_FILE,
+    Claim,
+    claims_markdown,
+    claims_table,
+    section51_claims,
+)
 from bopsweep.sweep.report.figures import CURVE_METRICS, Heatmap, write_figures
 from bopsweep.sweep.report.grid import swept_key_order
 from bopsweep.sweep.report.parent import TABLE_FILE, log_report
 from bopsweep.sweep.report.tables import (
+    EXTRA_METRICS,
     leaderboard_csv,
     leaderboard_markdown,
     leaderboard_table,
@@ -41,11 +54,14 @@ from bopsweep.sweep.report.tables import (
 __all__ = [
     "DEFAULT_REPORT_ROOT",
     "HISTORY_METRICS",
+    "Claim",
     "ReportResult",
+    "claims_table",
     "is_spec_path",
     "leaderboard_table",
     "load_outcome",
     "render",
+    "section51_claims",
     "tracking_uri_for",
     "write_report",
 ]
@@ -53,7 +69,8 @@ __all__ = [
 DEFAULT_REPORT_ROOT = "bopsweep_reports"
 # The metric histories a report draws on, besides the sweep's own metric: a trial's
 # outcome needs these (and the metric) for every table and figure to be complete.
-HISTORY_METRICS = (*CURVE_METRICS, FLIP_METRIC)
+# The extra metrics are read where the trials logged them (top-5, test set).
+HISTORY_METRICS = (*CURVE_METRICS, FLIP_METRIC, *EXTRA_METRICS)
 
 
 @dataclass
@@ -66,6 +83,8 @@ class ReportResult:
     out_dir: Path
     files: list[Path]
     logged_to_parent: bool = False
+    # The paper's section 5.1 findings, for a threshold x gamma sweep (else empty).
+    claims: list[Claim] = field(default_factory=list)
 
 
 # --------------------------------------------------------------- finding the sweep
@@ -161,19 +180,23 @@ def render(outcome: SweepOutcome, out_dir: Path, *, log_to_parent: bool) -> Repo
     keys = swept_key_order(outcome.trials)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    claims = section51_claims(outcome)
+    markdown = leaderboard_markdown(outcome, keys)
     texts = {
         "leaderboard.csv": leaderboard_csv(outcome, keys),
-        "leaderboard.md": leaderboard_markdown(outcome, keys),
+        "leaderboard.md": markdown + ("\n" + claims_markdown(claims) if claims else ""),
         TABLE_FILE: json.dumps(leaderboard_table_json(outcome, keys), indent=1),
     }
+    if claims:
+        texts[CLAIMS_FILE] = json.dumps([c.to_dict() for c in claims], indent=1)
     files = []
     for file_name, text in texts.items():
         (out / file_name).write_text(text, encoding="utf-8")
         files.append(out / file_name)
     maps, figures = write_figures(outcome, keys, out)
-    result = ReportResult(outcome, keys, maps, out, files + figures)
+    result = ReportResult(outcome, keys, maps, out, files + figures, claims=claims)
     if log_to_parent:
-        log_report(outcome, result.files)
+        log_report(outcome, result.files, claims)
         result.logged_to_parent = True
     return result
 

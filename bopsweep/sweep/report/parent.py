@@ -4,7 +4,8 @@ the runs.
 Reporting is repeatable (a sweep still running can be reported again and again), so
 what goes to the parent run must not pile up: the files replace the previous ones
 under ``report/``, the table is registered once in ``mlflow.loggedArtifacts``, and
-the best trial's figures are logged only when they changed. Those figures are
+the best trial's figures (and the section 5.1 findings' figures and verdicts) are
+logged only when they changed. Those figures are
 :meth:`SweepOutcome.summary_metrics`, the same names and values that
 :func:`~bopsweep.sweep.mlflow_client.finish_parent` logs at the end of a sweep.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from bopsweep.sweep import mlflow_client
 from bopsweep.sweep.outcome import SweepOutcome
+from bopsweep.sweep.report.claims import Claim, claims_metrics, claims_tags
 
 REPORT_ARTIFACT_DIR = "report"
 TABLE_FILE = "leaderboard.json"
@@ -28,9 +30,9 @@ TABLE_FILE = "leaderboard.json"
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
 
 
-def log_report(outcome: SweepOutcome, files: Sequence[Path]) -> None:
+def log_report(outcome: SweepOutcome, files: Sequence[Path], claims: Sequence[Claim] = ()) -> None:
     """Log ``files`` to the parent run under ``report/`` and bring the parent's
-    summary (best trial and its figures) up to date."""
+    summary (best trial and its figures, the section 5.1 verdicts) up to date."""
     from mlflow.entities import Metric, RunTag
 
     client = mlflow_client.client(outcome.tracking_uri)
@@ -64,5 +66,13 @@ def log_report(outcome: SweepOutcome, files: Sequence[Path]) -> None:
         ):
             if parent.data.tags.get(key) != value:
                 tags.append(RunTag(key, value))
+    now = int(time.time() * 1000)
+    for name, value in claims_metrics(list(claims)).items():
+        current = parent.data.metrics.get(name)
+        if current is None or not math.isclose(current, value, rel_tol=1e-12, abs_tol=1e-15):
+            metrics.append(Metric(name, value, now, 0))
+    for key, value in claims_tags(list(claims)).items():
+        if parent.data.tags.get(key) != value:
+            tags.append(RunTag(key, value))
     if metrics or tags:
         client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)

@@ -19,6 +19,19 @@ from bopsweep.sweep.outcome import FLIP_METRIC, SweepOutcome, TrialOutcome, form
 from bopsweep.sweep.report.grid import swept_key_order
 
 STATUS_STYLES = {"FINISHED": "green", "FAILED": "red", "KILLED": "yellow", "RUNNING": "cyan"}
+# Final values shown beside the ranking metric when the trials logged them: top-5
+# accuracy (datasets with more than 5 classes, e.g. ImageNet) and the test set's
+# scores (runs with a held-out validation split).
+EXTRA_METRICS = ("val_top5_accuracy", "test_accuracy", "test_top5_accuracy")
+
+
+def extra_metrics(outcome: SweepOutcome) -> list[str]:
+    """The :data:`EXTRA_METRICS` some trial has a history of, other than the metric."""
+    return [
+        m
+        for m in EXTRA_METRICS
+        if m != outcome.metric and any(t.history.get(m) for t in outcome.trials)
+    ]
 
 
 def _keys(outcome: SweepOutcome, keys: Sequence[str] | None) -> list[str]:
@@ -41,7 +54,7 @@ def _fmt_ratio(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2e}"
 
 
-def columns(metric: str, keys: Sequence[str]) -> list[str]:
+def columns(metric: str, keys: Sequence[str], extras: Sequence[str] = ()) -> list[str]:
     """The machine-readable column names (csv and MLflow's table)."""
     return [
         "rank",
@@ -49,6 +62,7 @@ def columns(metric: str, keys: Sequence[str]) -> list[str]:
         *keys,
         f"final_{metric}",
         f"best_{metric}",
+        *(f"final_{m}" for m in extras),
         "mean_flip_ratio",
         "epochs",
         "status",
@@ -64,6 +78,7 @@ def _row_values(outcome: SweepOutcome, rank: int, trial: TrialOutcome, keys: Seq
         *(trial.swept.get(k) for k in keys),
         trial.final(metric),
         trial.best(metric, outcome.mode),
+        *(trial.final(m) for m in extra_metrics(outcome)),
         trial.mean_flip_ratio,
         trial.epochs(metric),
         trial.status,
@@ -82,7 +97,7 @@ def leaderboard_csv(outcome: SweepOutcome, keys: Sequence[str] | None = None) ->
     keys = _keys(outcome, keys)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns(outcome.metric, keys))
+    writer.writerow(columns(outcome.metric, keys, extra_metrics(outcome)))
     for values in _rows(outcome, keys):
         writer.writerow(["" if _is_nan(v) else v for v in values])
     return buffer.getvalue()
@@ -97,7 +112,7 @@ def leaderboard_table_json(outcome: SweepOutcome, keys: Sequence[str] | None = N
         [None if _is_nan(v) else v for v in values[:-1]] + [values[-1] or None]
         for values in _rows(outcome, keys)
     ]
-    return {"columns": columns(outcome.metric, keys), "data": data}
+    return {"columns": columns(outcome.metric, keys, extra_metrics(outcome)), "data": data}
 
 
 def _title(outcome: SweepOutcome) -> str:
@@ -107,12 +122,14 @@ def _title(outcome: SweepOutcome) -> str:
 def leaderboard_markdown(outcome: SweepOutcome, keys: Sequence[str] | None = None) -> str:
     keys = _keys(outcome, keys)
     metric = outcome.metric
+    extras = extra_metrics(outcome)
     header = [
         "rank",
         "trial",
         *(_label(k) for k in keys),
         f"final {metric}",
         f"best {metric}",
+        *(f"final {m}" for m in extras),
         "mean flip ratio",
         "epochs",
         "status",
@@ -138,6 +155,7 @@ def leaderboard_markdown(outcome: SweepOutcome, keys: Sequence[str] | None = Non
             *(format_value(trial.swept.get(k)) for k in keys),
             _fmt_metric(trial.final(metric)),
             _fmt_metric(trial.best(metric, outcome.mode)),
+            *(_fmt_metric(trial.final(m)) for m in extras),
             _fmt_ratio(trial.mean_flip_ratio),
             str(trial.epochs(metric)),
             trial.status,
@@ -169,7 +187,9 @@ def leaderboard_table(
     metric = outcome.metric
     table = Table(title=_title(outcome))
     headers = ["rank", "trial", *(_label(k) for k in keys)]
-    headers += [f"final {metric}", f"best {metric}", "mean flip_ratio", "epochs", "status"]
+    extras = extra_metrics(outcome)
+    headers += [f"final {metric}", f"best {metric}", *(f"final {m}" for m in extras)]
+    headers += ["mean flip_ratio", "epochs", "status"]
     for header in headers:
         table.add_column(header, justify="left" if header == "status" else "right")
     # Whole run ids (other columns wrap first): they are what users copy.
@@ -189,6 +209,7 @@ def leaderboard_table(
             *(format_value(trial.swept.get(k)) for k in keys),
             _fmt_metric(trial.final(metric)),
             _fmt_metric(trial.best(metric, outcome.mode)),
+            *(_fmt_metric(trial.final(m)) for m in extras),
             _fmt_ratio(trial.mean_flip_ratio),
             _epochs_text(trial, metric),
             f"[{style}]{trial.status}[/]" if style else trial.status,

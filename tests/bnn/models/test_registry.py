@@ -50,3 +50,34 @@ def test_unknown_model_lists_every_name():
         canonical_model_name("resnet")
     assert "unknown model 'resnet'" in str(info.value)
     assert all(name in str(info.value) for name in model_names())
+
+
+def test_architecture_options_are_the_builders_keyword_arguments():
+    import inspect
+
+    from bopsweep.bnn.models import MODEL_OPTIONS
+
+    assert set(MODEL_OPTIONS) == set(MODELS)
+    for name, options in MODEL_OPTIONS.items():
+        parameters = inspect.signature(MODELS[name]).parameters
+        keywords = {
+            k: p.default for k, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        assert keywords == options, name
+
+
+def test_architecture_options_shape_the_model():
+    from bopsweep.bnn.layers import binary_layers
+
+    model = build_model("binarynet", (3, 32, 32), 10, filters=8, dense_units=16, kernel_size=5)
+    shapes = {name: tuple(layer.weight.shape) for name, layer in binary_layers(model)}
+    assert shapes["conv1"] == (8, 3, 5, 5)
+    assert shapes["conv3"] == (16, 8, 5, 5) and shapes["conv6"] == (32, 32, 5, 5)
+    # valid 5x5: 32 -> 28, pools: 14 -> 7 -> 3
+    assert shapes["dense1"] == (16, 32 * 3 * 3) and shapes["dense3"] == (10, 16)
+    mlp = build_model("mlp", (1, 8, 8), 10, dense_units=12)
+    assert tuple(mlp.dense2.weight.shape) == (12, 12)
+    birealnet = build_model("birealnet", (3, 64, 64), 5, filters=16)
+    assert birealnet.conv1.weight.shape[0] == 16 and birealnet.fc.in_features == 128
+    with pytest.raises(UserError, match="'filters' is not an option of model mlp"):
+        build_model("mlp", (1, 8, 8), 10, filters=8)

@@ -85,6 +85,8 @@ def test_figures_exist(grid_report):
         "curves.svg",
         "heatmaps.png",
         "heatmaps.svg",
+        # A threshold x gamma grid: the paper's section 5.1 findings checked.
+        "claims.json",
     }
     svg = (out / "heatmaps.svg").read_text()
     # Annotated cells: mean and std over the seeds, the log colour scale labelled.

@@ -166,3 +166,29 @@ def test_nan_is_empty_in_csv_and_null_in_json():
     flips = table["columns"].index("mean_flip_ratio")
     assert table["data"][1][flips] is None
     json.dumps(table, allow_nan=False)  # valid JSON, which has no NaN
+
+
+def test_top5_and_test_set_columns_when_the_trials_logged_them():
+    outcome = _ended_sweep()
+    finished = next(t for t in outcome.trials if t.index == 0)
+    finished.history["val_top5_accuracy"] = [(0, 0.8), (1, 0.95)]
+    finished.history["test_accuracy"] = [(0, 0.4), (1, 0.65)]
+    headers = [c.header for c in tables.leaderboard_table(outcome).columns]
+    assert headers[4:8] == [
+        "final val_accuracy",
+        "best val_accuracy",
+        "final val_top5_accuracy",
+        "final test_accuracy",
+    ]
+    rows = list(csv.DictReader(io.StringIO(tables.leaderboard_csv(outcome))))
+    assert (rows[0]["final_val_top5_accuracy"], rows[0]["final_test_accuracy"]) == ("0.95", "0.65")
+    assert rows[1]["final_test_accuracy"] == ""  # the failed trial has none
+    assert "test_top5_accuracy" not in rows[0]
+    markdown = tables.leaderboard_markdown(outcome)
+    assert "| final val_top5_accuracy | final test_accuracy |" in markdown
+    assert "| 0.9500 | 0.6500 |" in markdown
+    json_table = tables.leaderboard_table_json(outcome)
+    assert json_table["columns"][6:8] == ["final_val_top5_accuracy", "final_test_accuracy"]
+    # A sweep ranked by test accuracy does not repeat it as an extra column.
+    outcome.metric = "test_accuracy"
+    assert tables.extra_metrics(outcome) == ["val_top5_accuracy"]
