@@ -379,8 +379,11 @@ def _first_error(error: ValidationError) -> str:
 MEMBER_HPARAMS: frozenset[str] = frozenset(
     f"{rate}{suffix}"
     for rate in ("threshold", "gamma", "lr")
-    for suffix in ("", "_schedule", "_end", "_decay_factor", "_decay_epochs")
-) | {"sigma", "weight_decay"}
+    for suffix in ("", "_schedule", "_end", "_decay_factor", "_decay_epochs", "_decay_steps")
+) & set(HParams.model_fields) | {"sigma", "weight_decay"}
+# The binary optimizers a fused group can train (bopsweep.bnn.fused.FusedBop and the
+# latent-weight baseline); others train one trial per process.
+FUSABLE_OPTIMIZERS: frozenset[str] = frozenset({"bop", "bop2", "latent"})
 MEMBER_FIELDS: frozenset[str] = frozenset({"seed", "hparams"})
 
 

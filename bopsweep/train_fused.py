@@ -36,8 +36,15 @@ from bopsweep.bnn.fused import (
 )
 from bopsweep.bnn.fused.optim import member_flip_metrics
 from bopsweep.bnn.layers import binary_layers, binary_parameters, use_latent_weights
+from bopsweep.bnn.metrics import TOP5, topk_correct
 from bopsweep.bnn.models import build_model
-from bopsweep.config import MEMBER_HPARAMS, HParams, TrainConfig, fusion_key
+from bopsweep.config import (
+    FUSABLE_OPTIMIZERS,
+    MEMBER_HPARAMS,
+    HParams,
+    TrainConfig,
+    fusion_key,
+)
 from bopsweep.data import Dataset, load_dataset
 from bopsweep.errors import UserError
 from bopsweep.precision import resolve_precision
@@ -127,6 +134,12 @@ class FusedTrainer:
     ) -> None:
         if not configs:
             raise ValueError("a fused group needs at least one config")
+        kinds = {c.resolved_hparams().optimizer for c in configs}
+        if not kinds <= FUSABLE_OPTIMIZERS:
+            raise UserError(
+                f"optimizer {', '.join(sorted(kinds - FUSABLE_OPTIMIZERS))} cannot train "
+                f"fused; fused groups take {', '.join(sorted(FUSABLE_OPTIMIZERS))} (fuse: off)"
+            )
         if len({fusion_key(c) for c in configs}) > 1:
             raise UserError(
                 "these configs cannot train fused: they may differ only in the seed and "
@@ -140,6 +153,9 @@ class FusedTrainer:
         self.device = device or resolve_device(first.device)
         if data is None:
             data = load_dataset(first.dataset, first.data_dir, first.download)
+        if first.validation_split:
+            # Select on held-out training data; the test set is scored as test_*.
+            data = data.split_validation()
         self.data = data.limit(first.max_train_samples, first.max_val_samples)
         self.batches = self.data.batches(
             first.preprocess_fn, self.hparams[0].batch_size, self.device
@@ -148,7 +164,12 @@ class FusedTrainer:
         for config, hp in zip(self.configs, self.hparams, strict=True):
             # Each member's initial weights are those of its own unfused run.
             torch.manual_seed(config.seed)
-            model = build_model(config.model, self.batches.input_shape, self.batches.num_classes)
+            model = build_model(
+                config.model,
+                self.batches.input_shape,
+                self.batches.num_classes,
+                **hp.model_options(),
+            )
             if hp.optimizer == "latent":
                 use_latent_weights(model)
             models.append(model)
@@ -160,6 +181,8 @@ class FusedTrainer:
         self.precision = resolve_precision(first.precision, self.device, self.model)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        # The original code's top_k_categorical_accuracy, where top-5 means something.
+        self.top5 = self.batches.num_classes > TOP5
         self.steps_per_epoch = self.batches.steps_per_epoch()
         self.optimizer = build_fused_optimizer(self.model, self.hparams, self.steps_per_epoch)
         self.layer_names = {layer.weight: name for name, layer in binary_layers(self.model.body)}
@@ -246,7 +269,7 @@ class FusedTrainer:
         self.model.train()
         members, device = self.members, self.device
         loss_sum = torch.zeros(members, device=device, dtype=torch.float64)
-        correct = torch.zeros(members, device=device, dtype=torch.int64)
+        correct = torch.zeros(2, members, device=device, dtype=torch.int64)
         seen = 0
         mask = torch.zeros(members, device=device)
         mask[self.active] = 1.0
@@ -262,38 +285,49 @@ class FusedTrainer:
             self.optimizer.step()
             batch = y.shape[-1]
             loss_sum += losses.detach() * batch
-            correct += (logits.argmax(-1) == y).sum(-1)
+            correct[0] += (logits.argmax(-1) == y).sum(-1)
+            if self.top5:
+                correct[1] += topk_correct(logits.detach(), y, TOP5)
             seen += batch
             for cb in callbacks:
                 cb.on_batch_end(self, step)
         self._restore_frozen_buffers()
-        losses_out, corrects = loss_sum.tolist(), correct.tolist()
-        return [
-            {"train_loss": losses_out[k] / seen, "train_accuracy": corrects[k] / seen}
-            for k in range(members)
-        ]
+        return self._member_metrics("train", loss_sum, correct, seen)
+
+    def _member_metrics(self, prefix: str, loss_sum, correct, seen: int) -> list[dict]:
+        losses, (top1, top5) = loss_sum.tolist(), correct.tolist()
+        out = []
+        for k in range(self.members):
+            metrics = {f"{prefix}_loss": losses[k] / seen, f"{prefix}_accuracy": top1[k] / seen}
+            if self.top5:
+                metrics[f"{prefix}_top5_accuracy"] = top5[k] / seen
+            out.append(metrics)
+        return out
 
     @torch.no_grad()
-    def evaluate(self) -> list[dict[str, float]]:
-        self.model.eval()
+    def _score(self, batches, prefix: str) -> list[dict[str, float]]:
         members, device = self.members, self.device
         loss_sum = torch.zeros(members, device=device, dtype=torch.float64)
-        correct = torch.zeros(members, device=device, dtype=torch.int64)
+        correct = torch.zeros(2, members, device=device, dtype=torch.int64)
         seen = 0
-        for x, y in self.batches.val():
+        for x, y in batches:
             with self._autocast():
                 logits = self.model(x, shared=True).float()
-            losses = member_cross_entropy(logits, y)
-            loss_sum += losses.double() * len(y)
-            correct += (logits.argmax(-1) == y).sum(-1)
+            loss_sum += member_cross_entropy(logits, y).double() * len(y)
+            correct[0] += (logits.argmax(-1) == y).sum(-1)
+            if self.top5:
+                correct[1] += topk_correct(logits, y, TOP5)
             seen += len(y)
         if seen == 0:
             return [{} for _ in range(members)]
-        losses_out, corrects = loss_sum.tolist(), correct.tolist()
-        return [
-            {"val_loss": losses_out[k] / seen, "val_accuracy": corrects[k] / seen}
-            for k in range(members)
-        ]
+        return self._member_metrics(prefix, loss_sum, correct, seen)
+
+    @torch.no_grad()
+    def evaluate(self) -> list[dict[str, float]]:
+        """Each member's ``val_*`` metrics, and ``test_*`` when validation is held out."""
+        self.model.eval()
+        val, test = self._score(self.batches.val(), "val"), self._score(self.batches.test(), "test")
+        return [{**v, **t} for v, t in zip(val, test, strict=True)]
 
     def _current_rates(self, member: int) -> dict[str, float]:
         rates: dict[str, float] = {}

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bopsweep.config import fusion_key
+from bopsweep.config import FUSABLE_OPTIMIZERS, fusion_key
 from bopsweep.sweep.spec import SweepSpec, Trial
 
 # Member throughput of a fused group over separate trials, as measured by the fusion
@@ -145,7 +145,8 @@ def plan_groups(spec: SweepSpec, trials: Sequence[Trial], cpus: int | None = Non
     singles: list[Trial] = []
     gains = measured_gains()
     for trial in trials:
-        if fuse == "auto" and not auto_fuses(spec, trial, gains):
+        fusable = trial.train.resolved_hparams().optimizer in FUSABLE_OPTIMIZERS
+        if not fusable or (fuse == "auto" and not auto_fuses(spec, trial, gains)):
             singles.append(trial)
         else:
             candidates.setdefault(fusion_key(trial.train), []).append(trial)
