@@ -73,7 +73,10 @@ class LiveProgress(tune.Callback):
                 trial.record(name, step, float(value))
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._trial(trial).status = "RUNNING"
+        row = self._trial(trial)
+        row.status = "RUNNING"
+        # A bayes search's values are known once it proposed the trial.
+        row.swept = dict(trial.config["trial"]["swept"])
         self.notify()
 
     on_trial_restore = on_trial_start
