@@ -334,6 +334,49 @@ def _short(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# ------------------------------------------------------------------------- schema
+SCHEMA_FILE = "sweeps/schema.json"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec, for editors (``bopsweep schema``, ``sweeps/schema.json``).
+
+    Pydantic's schema of :class:`SweepSpec`, with the registries' names as the
+    choices of ``train.model``, ``dataset``, ``preprocess_fn`` and ``hparams_set``,
+    and the keys of ``train.hparams`` and ``parameters``, so an editor completes
+    them and flags unknown ones as ``bopsweep plan`` does."""
+    from bopsweep.bnn.models import model_names
+    from bopsweep.config import HPARAM_SETS, HParams
+    from bopsweep.data import DATASETS, PREPROCESS_FNS
+
+    schema = SweepSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "bopsweep sweep spec"
+    train = schema["$defs"]["TrainConfig"]["properties"]
+    train["model"]["enum"] = model_names()
+    train["dataset"]["enum"] = sorted(DATASETS)
+    train["preprocess_fn"]["enum"] = sorted(PREPROCESS_FNS)
+    train["hparams_set"]["enum"] = sorted({name for sets in HPARAM_SETS.values() for name in sets})
+    hparams = HParams.model_json_schema()
+    train["hparams"] = {
+        "type": "object",
+        "description": "overrides of the hparams set",
+        "properties": hparams["properties"],
+        "additionalProperties": False,
+    }
+    swept = sorted(set(TrainConfig.model_fields) - {"hparams"})
+    schema["properties"]["parameters"]["propertyNames"] = {
+        "enum": swept + [f"hparams.{k}" for k in HPARAM_KEYS]
+    }
+    return schema
+
+
+def json_schema_text() -> str:
+    import json
+
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
 # ------------------------------------------------------------------------- loading
 @dataclass(frozen=True)
 class LoadedSpec:

@@ -100,6 +100,39 @@ def leaderboard_table_json(outcome: SweepOutcome, keys: Sequence[str] | None = N
     return {"columns": columns(outcome.metric, keys), "data": data}
 
 
+def leaderboard_records(outcome: SweepOutcome, keys: Sequence[str] | None = None) -> list[dict]:
+    """The leaderboard as one JSON object per trial, best first (``--json``)."""
+    keys = _keys(outcome, keys)
+    names = columns(outcome.metric, keys)
+    return [
+        {
+            name: None if _is_nan(value) else value
+            for name, value in zip(names, values, strict=True)
+            if name not in keys
+        }
+        | {"swept": {k: trial.swept.get(k) for k in keys}, "run_id": trial.run_id}
+        for values, trial in zip(_rows(outcome, keys), outcome.ranked(), strict=True)
+    ]
+
+
+def outcome_json(outcome: SweepOutcome, keys: Sequence[str] | None = None) -> dict:
+    """A sweep's result for scripts: how it ended, where it is tracked, the leaderboard."""
+    return {
+        "sweep": outcome.name,
+        "metric": outcome.metric,
+        "mode": outcome.mode,
+        "tracking_uri": outcome.tracking_uri,
+        "experiment_id": outcome.experiment_id,
+        "parent_run_id": outcome.parent_run_id,
+        "parent_run": outcome.parent_link,
+        "counts": outcome.counts(),
+        "interrupted": outcome.interrupted,
+        "ended_early": outcome.ended_early,
+        "tracking_error": outcome.tracking_error,
+        "leaderboard": leaderboard_records(outcome, keys),
+    }
+
+
 def _title(outcome: SweepOutcome) -> str:
     return f"{outcome.name}: leaderboard by {outcome.metric} ({outcome.mode})"
 
