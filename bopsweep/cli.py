@@ -734,6 +734,9 @@ def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     # MLflow's INFO lines (database migrations...) would interleave with the live table.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow writes a "View run" line to stdout as each run ends; stdout is for the
+    # commands' own output (--json), which prints the links itself.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         app()  # standalone: click prints usage errors itself, with exit code 2
     except UserError as error:
