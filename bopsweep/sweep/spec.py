@@ -1,13 +1,17 @@
 """YAML sweep specs: load safely, validate against a schema, expand into trials.
 
 A spec is a base training config (``train:``, the keys of ``bopsweep train``), the
-parameters to sweep (dot paths into ``train``, grid ``values`` or random-search
-distributions with W&B-like names), seeds, the metric, resources and tracking.
+parameters to sweep (dot paths into ``train``, grid ``values`` or distributions with
+W&B's names), the search method, seeds, the metric, early stopping, resources and
+tracking. W&B's spellings are accepted where they exist (``metric.goal``,
+``early_terminate``, ``log_uniform`` as exponents), so its users' specs carry over.
 
 Errors point at the file and line: the YAML is composed once more into nodes,
 which keep their positions, and a validation error's field path is looked up there.
-The trials are expanded here, deterministically, so ``bopsweep plan`` shows exactly
-what ``bopsweep run`` will run.
+Grid and random trials are expanded here, deterministically, so ``bopsweep plan``
+shows exactly what ``bopsweep run`` will run; a bayes search's values are proposed
+while it runs (:mod:`bopsweep.sweep.search`). The JSON Schema editors use is
+generated here from the same model (:func:`json_schema`).
 """
 
 from __future__ import annotations
