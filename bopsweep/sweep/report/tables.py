@@ -33,6 +33,11 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def _swept_text(trial: TrialOutcome, key: str) -> str:
+    # "-": a value not known yet (a bayes trial its searcher has not proposed).
+    return format_value(trial.swept[key]) if key in trial.swept else "-"
+
+
 def _fmt_metric(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.4f}"
 
@@ -168,7 +173,7 @@ def leaderboard_markdown(outcome: SweepOutcome, keys: Sequence[str] | None = Non
         cells = [
             str(rank),
             f"{trial.index:03d}",
-            *(format_value(trial.swept.get(k)) for k in keys),
+            *(_swept_text(trial, k) for k in keys),
             _fmt_metric(trial.final(metric)),
             _fmt_metric(trial.best(metric, outcome.mode)),
             _fmt_ratio(trial.mean_flip_ratio),
@@ -219,7 +224,7 @@ def leaderboard_table(
         table.add_row(
             str(rank),
             f"{trial.index:03d}",
-            *(format_value(trial.swept.get(k)) for k in keys),
+            *(_swept_text(trial, k) for k in keys),
             _fmt_metric(trial.final(metric)),
             _fmt_metric(trial.best(metric, outcome.mode)),
             _fmt_ratio(trial.mean_flip_ratio),
@@ -254,7 +259,7 @@ def live_table(outcome: SweepOutcome):
         total = trial.epochs_total if trial.epochs_total is not None else "?"
         table.add_row(
             f"{trial.index:03d}",
-            *(format_value(trial.swept.get(k)) for k in keys),
+            *(_swept_text(trial, k) for k in keys),
             f"[{style}]{trial.status}[/]" if style else trial.status,
             f"{_epochs_done(trial, metric)}/{total}",
             _fmt_metric(trial.final(metric)),
