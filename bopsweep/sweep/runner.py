@@ -167,7 +167,8 @@ def _parent_params(loaded: LoadedSpec) -> dict[str, Any]:
     params = mlflow_client.flatten(data)
     for key, param in loaded.spec.parameters.items():
         shown = param.values if param.values is not None else param.value
-        params[f"parameters.{key}"] = shown if shown is not None else param.distribution
+        # A distribution with its range (``log_uniform_values [1e-05, 0.01]``).
+        params[f"parameters.{key}"] = shown if shown is not None else param.describe()
     return params
 
 
