@@ -267,7 +267,11 @@ def test_shell_completion_completes_commands_and_options(tmp_path):
     script = Path(sys.executable).parent / "bopsweep"
     env = {**os.environ, "_BOPSWEEP_COMPLETE": "complete_bash", "COMP_CWORD": "1"}
     result = subprocess.run(
-        [str(script)], env={**env, "COMP_WORDS": "bopsweep pl"}, capture_output=True, text=True
+        [str(script)],
+        env={**env, "COMP_WORDS": "bopsweep pl"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.stdout.split() == ["plan"], result.stderr
     result = subprocess.run(
@@ -275,9 +279,10 @@ def test_shell_completion_completes_commands_and_options(tmp_path):
         env={**env, "COMP_WORDS": "bopsweep run --tracking", "COMP_CWORD": "2"},
         capture_output=True,
         text=True,
+        timeout=120,
     )
     assert result.stdout.split() == ["--tracking-uri"], result.stderr
     result = subprocess.run(
-        [str(script), "--show-completion", "bash"], capture_output=True, text=True
+        [str(script), "--show-completion", "bash"], capture_output=True, text=True, timeout=120
     )
     assert "_BOPSWEEP_COMPLETE=complete_bash" in result.stdout
