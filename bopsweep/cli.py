@@ -22,7 +22,9 @@ app = typer.Typer(
     help="Sweeps of binarized neural networks trained with Bop (Ray Tune + MLflow).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    # Click's shell completion, through Typer: --install-completion / --show-completion
+    # (bash, zsh, fish, PowerShell).
+    add_completion=True,
 )
 
 
@@ -35,9 +37,33 @@ def _make_console(stderr: bool = False) -> Console:
 console = _make_console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from bopsweep import __version__
+
+        print(f"bopsweep {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
     """Sweeps of binarized neural networks trained with Bop (Ray Tune + MLflow)."""
+
+
+def _print_json(data) -> None:
+    """Machine-readable output: on stdout, alone (human text goes to stderr)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
 
 
 # ------------------------------------------------------------------------------ train
@@ -244,52 +270,84 @@ SetOpt = Annotated[
 ]
 
 
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout (text goes to stderr).")
+]
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+ExperimentOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=EXPERIMENT_ENV,
+        show_envvar=True,
+        help="MLflow experiment of the sweep (default: the spec's tracking.experiment, then "
+        "its name). An explicit --set tracking.experiment=... wins over both.",
+    ),
+]
+
+
+def _experiment_override(experiment: str | None) -> list[str]:
+    # JSON quoting keeps a name like "2024" a string once read as YAML.
+    return [f"tracking.experiment={json.dumps(experiment)}"] if experiment else []
+
+
 def _value_text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @app.command()
-def plan(spec: SpecArg, set_: SetOpt = None) -> None:
-    """Validate a sweep spec and show its trials, without starting anything."""
-    from rich.table import Table
+def plan(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Validate a sweep spec and show its trials, without starting anything.
 
+    Editors check and complete specs with the JSON Schema in sweeps/schema.json
+    (`bopsweep schema` prints it).
+    """
     from bopsweep.sweep.fusion import plan_groups
-    from bopsweep.sweep.spec import expand, load_spec
+    from bopsweep.sweep.spec import SCHEMA_FILE, expand, load_spec
 
     loaded = load_spec(spec, set_ or [])
     trials = expand(loaded)
     s = loaded.spec
     groups = plan_groups(s, trials)
     ray_trial = {t.index: g.dirname for g in groups for t in g.trials}
-    out = _make_console()
-    resources = f"{s.resources.cpu:g} CPU" + (
-        f", {s.resources.gpu:g} GPU" if s.resources.gpu else ""
-    )
-    table = Table(title=f"{s.name}: {len(trials)} trials ({s.method}), {resources} each")
-    table.add_column("trial", justify="right")
-    swept_keys = list(trials[0].swept) if trials else []
-    for key in swept_keys:
-        table.add_column(key.removeprefix("hparams."), justify="right")
-    table.add_column("model / dataset")
-    table.add_column("hparams set")
-    table.add_column("epochs", justify="right")
-    fused = any(g.fused for g in groups)
-    if fused:
-        table.add_column("Ray trial")
-    total_epochs = 0
-    for trial in trials:
-        epochs = trial.train.resolved_hparams().epochs
-        total_epochs += epochs
-        table.add_row(
-            f"{trial.index:03d}",
-            *(_value_text(trial.swept[k]) for k in swept_keys),
-            f"{trial.train.model} / {trial.train.dataset}",
-            trial.train.hparams_set,
-            str(epochs),
-            *([ray_trial[trial.index]] if fused else []),
+    total_epochs = sum(t.train.resolved_hparams().epochs for t in trials)
+    stopping = s.stopping
+    if as_json:
+        _print_json(
+            {
+                "name": s.name,
+                "description": s.description,
+                "method": s.method,
+                "trials": len(trials),
+                "trial_epochs": total_epochs,
+                "search_space": {k: p.describe() for k, p in s.parameters.items()},
+                # With method: bayes the searcher proposes the values as the sweep
+                # runs: each trial lists the values known now (fixed ones, the seed).
+                "planned": [
+                    {
+                        "index": t.index,
+                        "name": t.name,
+                        "swept": t.swept,
+                        "train": t.train.model_dump(mode="json"),
+                        # The Ray trial that trains it (fused_NNN: a fused group).
+                        "ray_trial": ray_trial[t.index],
+                    }
+                    for t in trials
+                ],
+                "metric": s.metric.model_dump(mode="json"),
+                "scheduler": stopping.model_dump(mode="json") if stopping else None,
+                "time_budget_s": s.time_budget_s,
+                "resources": s.resources.model_dump(mode="json"),
+                "max_concurrent_trials": s.max_concurrent_trials,
+                "experiment": s.experiment,
+                "spec_sha256": loaded.sha256,
+                "schema": SCHEMA_FILE,
+            }
         )
-    out.print(table)
-    if fused:
+        return
+    out = _make_console()
+    out.print(_plan_table(loaded, trials, ray_trial))
+    if any(g.fused for g in groups):
         out.print(
             f"{len(trials)} trials in {len(groups)} Ray trials: trials that differ only in "
             "per-member values train fused, as one stacked model (fuse: "
@@ -299,12 +357,87 @@ def plan(spec: SpecArg, set_: SetOpt = None) -> None:
     concurrency = (
         f", at most {s.max_concurrent_trials} at a time" if s.max_concurrent_trials else ""
     )
+    target = f", target {s.metric.target:g}" if s.metric.target is not None else ""
     out.print(
         f"{len(trials)} trials, {total_epochs} trial-epochs in all{concurrency}; "
-        f"metric {s.metric.name} ({s.metric.mode}); experiment {s.experiment!r}; "
+        f"metric {s.metric.name} ({s.metric.mode}{target}); experiment {s.experiment!r}; "
         f"spec sha256 {loaded.sha256[:12]}",
         highlight=False,
     )
+    ends = []
+    if stopping is not None and stopping.type != "fifo":
+        ends.append(
+            f"early stopping: {stopping.type}"
+            + (" (W&B's early_terminate: hyperband, run by ASHA)" if s.early_terminate else "")
+        )
+    if s.time_budget_s is not None:
+        ends.append(f"time budget {s.time_budget_s:g} s")
+    if ends:
+        out.print("; ".join(ends), highlight=False)
+    out.print(f"spec schema for editors: {SCHEMA_FILE} (`bopsweep schema`)", highlight=False)
+
+
+def _plan_table(loaded, trials, ray_trial: dict[int, str]):
+    from rich.table import Table
+
+    s = loaded.spec
+    resources = f"{s.resources.cpu:g} CPU" + (
+        f", {s.resources.gpu:g} GPU" if s.resources.gpu else ""
+    )
+    if s.method == "bayes":
+        seeds = f" x {len(s.seeds)} seeds" if s.seeds else ""
+        table = Table(
+            title=f"{s.name}: {len(trials)} trials ({s.num_samples} configurations{seeds}) "
+            f"proposed by Optuna (TPE, seed {s.search_seed}) as the sweep runs, "
+            f"{resources} each"
+        )
+        table.add_column("parameter")
+        table.add_column("search space")
+        for key, param in s.parameters.items():
+            table.add_row(key, param.describe())
+        return table
+    table = Table(title=f"{s.name}: {len(trials)} trials ({s.method}), {resources} each")
+    table.add_column("trial", justify="right")
+    swept_keys = list(trials[0].swept) if trials else []
+    for key in swept_keys:
+        table.add_column(key.removeprefix("hparams."), justify="right")
+    table.add_column("model / dataset")
+    table.add_column("hparams set")
+    table.add_column("epochs", justify="right")
+    fused = any(name.startswith("fused_") for name in ray_trial.values())
+    if fused:
+        table.add_column("Ray trial")
+    for trial in trials:
+        table.add_row(
+            f"{trial.index:03d}",
+            *(_value_text(trial.swept[k]) for k in swept_keys),
+            f"{trial.train.model} / {trial.train.dataset}",
+            trial.train.hparams_set,
+            str(trial.train.resolved_hparams().epochs),
+            *([ray_trial[trial.index]] if fused else []),
+        )
+    return table
+
+
+@app.command()
+def schema(
+    out: Annotated[
+        Path | None, typer.Option(help="Write it to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the JSON Schema of sweep specs (the one in sweeps/schema.json).
+
+    Editors with the YAML language server use it through a first line
+    `# yaml-language-server: $schema=<path or URL of schema.json>` in a spec.
+    """
+    from bopsweep.sweep.spec import json_schema_text
+
+    text = json_schema_text()
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"wrote {out}", highlight=False)
 
 
 @app.command()
@@ -314,16 +447,20 @@ def run(
     tracking_uri: Annotated[
         str | None,
         typer.Option(
-            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec, then "
-            "sqlite:///mlflow.db here). Credentials come only from MLFLOW_TRACKING_USERNAME "
-            "/ MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN."
+            envvar=TRACKING_ENV,
+            show_envvar=True,
+            help="MLflow tracking URI (default: the spec's, then sqlite:///mlflow.db here). "
+            "Credentials come only from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+            "or MLFLOW_TRACKING_TOKEN.",
         ),
     ] = None,
+    experiment: ExperimentOpt = None,
     address: Annotated[
         str | None,
         typer.Option(
-            help="Ray cluster: auto, HOST:6379 or ray://HOST:10001 "
-            "(default: $RAY_ADDRESS or a local Ray).",
+            envvar="RAY_ADDRESS",
+            show_envvar=True,
+            help="Ray cluster: auto, HOST:6379 or ray://HOST:10001 (default: a local Ray).",
         ),
     ] = None,
     storage: Annotated[
@@ -349,12 +486,15 @@ def run(
             "<results>/logs/driver.log).",
         ),
     ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run a sweep with Ray Tune, every trial tracked in MLflow.
 
     Running the same spec again resumes an interrupted sweep (finished trials are
     not re-run); --restart starts over. The terminal shows the live table and the
-    leaderboard; Ray's and MLflow's logs go to the sweep's results folder.
+    leaderboard; Ray's and MLflow's logs go to the sweep's results folder. With
+    --json the final leaderboard is printed as JSON on stdout, everything else on
+    stderr.
     """
     from rich.live import Live
 
@@ -362,7 +502,11 @@ def run(
     from bopsweep.sweep.runner import RunOptions, run_sweep
     from bopsweep.sweep.spec import load_spec
 
-    overrides = [*(set_ or []), *(["train.download=true"] if download else [])]
+    overrides = [
+        *_experiment_override(experiment),
+        *(set_ or []),
+        *(["train.download=true"] if download else []),
+    ]
     loaded = load_spec(spec, overrides)
     options = RunOptions(
         tracking_uri=tracking_uri,
@@ -395,22 +539,28 @@ def run(
     if outcome.stopped:
         # Every trial would fail the same way: one message, no leaderboard.
         raise UserError(outcome.stopped)
-    _print_outcome(outcome, spec, overrides)
+    _print_outcome(outcome, spec, overrides, out=console if as_json else None)
+    if as_json:
+        from bopsweep.sweep.report.tables import outcome_json
+
+        _print_json(outcome_json(outcome))
     if outcome.interrupted:
         raise typer.Exit(130)
     if outcome.failed or outcome.tracking_error:
         raise typer.Exit(1)
 
 
-def _print_outcome(outcome, spec: Path, overrides: list[str]) -> None:
+def _print_outcome(outcome, spec: Path, overrides: list[str], out=None) -> None:
     from bopsweep.sweep.report import claims_table, section51_claims
     from bopsweep.sweep.report.tables import leaderboard_table
 
-    out = _make_console()
+    out = out or _make_console()
     out.print(leaderboard_table(outcome))
     claims = section51_claims(outcome)
     if claims:
         out.print(claims_table(claims))
+    if outcome.ended_early:
+        out.print(f"the sweep ended early: {outcome.ended_early}", highlight=False)
     if outcome.tracking_error:
         out.print(
             f"[red]not every epoch reached the tracking server at {outcome.tracking_uri}[/] "
@@ -479,14 +629,18 @@ def submit(
     address: Annotated[
         str | None,
         typer.Option(
-            help="Ray job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS "
-            "or $RAY_ADDRESS)."
+            envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"],
+            show_envvar=True,
+            help="Ray job server, e.g. http://HEAD:8265.",
         ),
     ] = None,
     tracking_uri: Annotated[
         str | None,
-        typer.Option(help="MLflow server the trials log to (default: $MLFLOW_TRACKING_URI)."),
+        typer.Option(
+            envvar=TRACKING_ENV, show_envvar=True, help="MLflow server the trials log to."
+        ),
     ] = None,
+    experiment: ExperimentOpt = None,
     storage: Annotated[
         str | None, typer.Option(help="Shared storage on the cluster for results.")
     ] = None,
@@ -503,13 +657,13 @@ def submit(
     from bopsweep.sweep.spec import load_spec
     from bopsweep.sweep.submit import submit_sweep
 
-    load_spec(spec, set_ or [])  # a bad spec is refused here, not on the cluster
-    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    overrides = [*_experiment_override(experiment), *(set_ or [])]
+    load_spec(spec, overrides)  # a bad spec is refused here, not on the cluster
     if not address:
         raise UserError("give the cluster's job server: --address http://HEAD:8265")
     submission_id, status = submit_sweep(
         spec,
-        set_ or [],
+        overrides,
         address=address,
         tracking_uri=tracking_uri,
         storage=storage,
@@ -531,7 +685,9 @@ def ui(
     tracking_uri: Annotated[
         str | None,
         typer.Option(
-            help="Store to browse (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here)."
+            envvar=TRACKING_ENV,
+            show_envvar=True,
+            help="Store to browse (default: sqlite:///mlflow.db here).",
         ),
     ] = None,
 ) -> None:
@@ -571,8 +727,9 @@ def report(
     tracking_uri: Annotated[
         str | None,
         typer.Option(
-            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec, then "
-            "sqlite:///mlflow.db here)."
+            envvar=TRACKING_ENV,
+            show_envvar=True,
+            help="MLflow tracking URI (default: the spec's, then sqlite:///mlflow.db here).",
         ),
     ] = None,
     out: Annotated[
@@ -583,13 +740,25 @@ def report(
         bool,
         typer.Option(help="Also log the report to the sweep's parent run, under report/."),
     ] = True,
+    as_json: JsonOpt = False,
 ) -> None:
     """Leaderboard, curves (paper Figure 1) and heatmaps of a sweep, read from MLflow."""
     from bopsweep.sweep import report as sweep_report
 
     uri = sweep_report.tracking_uri_for(name_or_spec, tracking_uri)
     result = sweep_report.write_report(uri, name_or_spec, out, log_to_parent=log_to_parent)
-    stdout = _make_console()
+    if as_json:
+        from bopsweep.sweep.report.tables import outcome_json
+
+        _print_json(
+            {
+                **outcome_json(result.outcome, result.swept_keys),
+                "report_dir": str(result.out_dir),
+                "files": [str(p) for p in result.files],
+                "logged_to_parent": result.logged_to_parent,
+            }
+        )
+    stdout = console if as_json else _make_console()
     stdout.print(sweep_report.leaderboard_table(result.outcome, result.swept_keys))
     if result.claims:
         stdout.print(sweep_report.claims_table(result.claims))
@@ -664,6 +833,9 @@ def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     # MLflow's INFO lines (database migrations...) would interleave with the live table.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow writes a "View run" line to stdout as each run ends; stdout is for the
+    # commands' own output (--json), which prints the links itself.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         app()  # standalone: click prints usage errors itself, with exit code 2
     except UserError as error:

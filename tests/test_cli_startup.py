@@ -182,3 +182,107 @@ def test_train_refuses_missing_data_before_importing_torch(tmp_path):
     )
     _assert_one_line_error(result, "CIFAR-10 not found")
     assert "torch" not in imported, imported
+
+
+# ------------------------------------------------------------------ CLI habits
+def test_version_imports_nothing_heavy(tmp_path):
+    import bopsweep
+
+    result, heavy = _bopsweep(tmp_path, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"bopsweep {bopsweep.__version__}\n"
+    assert heavy == []
+
+
+def test_plan_json_is_json_on_stdout_and_imports_nothing_heavy(tmp_path):
+    result, heavy = _bopsweep(tmp_path, "plan", str(QUICKSTART), "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["name"] == "quickstart" and plan["method"] == "grid" and plan["trials"] == 9
+    assert plan["planned"][4]["swept"] == {"hparams.threshold": 1e-6, "hparams.gamma": 1e-3}
+    assert plan["planned"][4]["train"]["model"] == "mlp"
+    assert plan["metric"]["mode"] == "max" and len(plan["spec_sha256"]) == 64
+    assert plan["schema"] == "sweeps/schema.json"
+    assert heavy == []
+
+
+def test_plan_of_a_bayes_search_shows_its_space(tmp_path):
+    text = QUICKSTART_TEXT.replace("method: grid", "") + (
+        "method: bayes\nnum_samples: 5\nearly_terminate: {type: hyperband, min_iter: 2}\n"
+    )
+    text = text.replace(
+        "values: [1.0e-2, 1.0e-3, 1.0e-4]",
+        "{distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}",
+    )
+    result, heavy = _bopsweep(tmp_path, "plan", str(_spec(tmp_path, text)))
+    assert result.returncode == 0, result.stderr
+    shown = " ".join(result.stdout.split())  # the title wraps
+    assert "5 trials (5 configurations) proposed by Optuna" in shown
+    assert "log_uniform_values [0.0001, 0.01]" in shown
+    assert "early stopping: asha (W&B's early_terminate: hyperband" in shown
+    assert "sweeps/schema.json" in shown
+    assert heavy == []
+
+
+def test_schema_command_prints_the_checked_in_schema(tmp_path):
+    result, heavy = _bopsweep(tmp_path, "schema")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (REPO / "sweeps" / "schema.json").read_text()
+    assert json.loads(result.stdout)["title"] == "bopsweep sweep spec"
+    assert heavy == []
+
+
+def test_help_declares_the_environment_variables_options_read(tmp_path):
+    expected = {
+        "run": ["MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "RAY_ADDRESS"],
+        "submit": ["MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "RAY_API_SERVER_ADDRESS"],
+        "report": ["MLFLOW_TRACKING_URI"],
+        "ui": ["MLFLOW_TRACKING_URI"],
+    }
+    for command, names in expected.items():
+        result, _ = _bopsweep(tmp_path, command, "--help")
+        text = " ".join(result.stdout.replace("│", " ").split())
+        for name in names:
+            assert f"[env var: {name}" in text, (command, name)
+
+
+def test_experiment_name_from_the_environment_overrides_the_spec(tmp_path, monkeypatch):
+    """`run` takes MLFLOW_EXPERIMENT_NAME as --experiment: seen in the spec it
+    validates (a bad spec is still refused in one line, before Ray)."""
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "2024")
+    bad = _spec(tmp_path, QUICKSTART_TEXT.replace("model: mlp", "model: resnet"))
+    result, heavy = _bopsweep(tmp_path, "run", str(bad))
+    _assert_one_line_error(result, "unknown model 'resnet'")
+    assert heavy == []
+    from bopsweep.cli import _experiment_override
+    from bopsweep.sweep.spec import load_spec
+
+    spec = load_spec(QUICKSTART, _experiment_override("2024")).spec
+    assert spec.experiment == "2024"
+    spec = load_spec(QUICKSTART, [*_experiment_override("a"), "tracking.experiment=b"]).spec
+    assert spec.experiment == "b"
+
+
+def test_shell_completion_completes_commands_and_options(tmp_path):
+    script = Path(sys.executable).parent / "bopsweep"
+    env = {**os.environ, "_BOPSWEEP_COMPLETE": "complete_bash", "COMP_CWORD": "1"}
+    result = subprocess.run(
+        [str(script)],
+        env={**env, "COMP_WORDS": "bopsweep pl"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.split() == ["plan"], result.stderr
+    result = subprocess.run(
+        [str(script)],
+        env={**env, "COMP_WORDS": "bopsweep run --tracking", "COMP_CWORD": "2"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.split() == ["--tracking-uri"], result.stderr
+    result = subprocess.run(
+        [str(script), "--show-completion", "bash"], capture_output=True, text=True, timeout=120
+    )
+    assert "_BOPSWEEP_COMPLETE=complete_bash" in result.stdout

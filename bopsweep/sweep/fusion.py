@@ -139,7 +139,18 @@ def _split(trials: Sequence[Trial], size_limit: int, parts_wanted: int) -> list[
 def plan_groups(spec: SweepSpec, trials: Sequence[Trial], cpus: int | None = None) -> list[Group]:
     """The Ray trials of a sweep, in trial order of their first member."""
     fuse = spec.fuse
-    if fuse == "off" or fuse == 1 or spec.method not in ("grid", "random"):
+    # A searcher proposes one trial at a time; HyperBand pauses and median stopping
+    # compares single trials: those run unfused. ASHA's rungs work inside a group.
+    stopping = spec.stopping.type if spec.stopping is not None else "fifo"
+    if (
+        fuse in ("off", 1)
+        or spec.method not in ("grid", "random")
+        or stopping
+        not in (
+            "asha",
+            "fifo",
+        )
+    ):
         return [Group((t,)) for t in trials]
     candidates: dict[tuple, list[Trial]] = {}
     singles: list[Trial] = []

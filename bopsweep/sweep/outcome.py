@@ -99,6 +99,9 @@ class SweepOutcome:
     tracking_error: str | None = None
     # A user error inside a trial (missing data, a bad value) that stopped the sweep.
     stopped: str | None = None
+    # Why the sweep ended before its last trial, as planned: the metric's target
+    # reached, or the time budget spent.
+    ended_early: str | None = None
     # Where the sweep's time went, phase -> seconds (see ``bopsweep.sweep.runner``).
     timings: dict[str, float] = field(default_factory=dict)
 

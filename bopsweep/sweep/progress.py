@@ -87,6 +87,10 @@ class LiveProgress(tune.Callback):
         for row in self._rows(trial):
             if row.status not in ENDED:
                 row.status = "RUNNING"
+        config = trial.config["trial"]
+        if "swept" in config and len(self._rows(trial)) == 1:
+            # A bayes search's values are known once it proposed the trial.
+            self._rows(trial)[0].swept = dict(config["swept"])
         self.notify()
 
     on_trial_restore = on_trial_start

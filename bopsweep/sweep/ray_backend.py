@@ -21,7 +21,7 @@ from typing import Any
 from bopsweep.errors import UserError
 from bopsweep.sweep import mlflow_client
 from bopsweep.sweep.fusion import Group
-from bopsweep.sweep.spec import SweepSpec, Trial
+from bopsweep.sweep.spec import LoadedSpec, MetricSpec, SweepSpec, Trial
 
 # What a trial reports besides its metrics (see trainable.py): the user error that
 # stopped it, and where its time went.
@@ -247,23 +247,27 @@ def _trainable(spec: SweepSpec):
     return tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def _param_space(configs: list[dict[str, Any]], sweep_cfg: dict) -> dict:
+def _param_space(spec: SweepSpec, configs: list[dict[str, Any]], sweep_cfg: dict) -> dict:
     from ray import tune
 
+    if spec.method == "bayes":
+        # The searcher proposes config["trial"] (bopsweep.sweep.search.SpecTrials).
+        return {"sweep": sweep_cfg}
     return {"trial": tune.grid_search(configs), "sweep": sweep_cfg}
 
 
-def _stopper():
+def _stopper(metric: MetricSpec):
     from ray import tune
 
-    class StopOnUserError(tune.Stopper):
-        """Ends the sweep when a trial reported a user error: the others would too."""
+    class StopSweep(tune.Stopper):
+        """Ends the sweep when a trial reported a user error (the others would hit it
+        too), or reached the metric's target (``metric.target``, as in W&B)."""
 
         def __init__(self) -> None:
             self.stopped = False
 
         def __call__(self, trial_id: str, result: dict) -> bool:
-            if result.get(USER_ERROR_KEY):
+            if result.get(USER_ERROR_KEY) or metric.reached(result.get(metric.name)):
                 self.stopped = True
                 return True
             return False
@@ -271,7 +275,51 @@ def _stopper():
         def stop_all(self) -> bool:
             return self.stopped
 
-    return StopOnUserError()
+    return StopSweep()
+
+
+def max_epochs(spec: SweepSpec, trials: list[Trial]) -> int:
+    """The most epochs a trial trains (a bayes search may propose ``epochs``)."""
+    most = max(t.train.resolved_hparams().epochs for t in trials)
+    for key in ("epochs", "hparams.epochs"):
+        param = spec.parameters.get(key)
+        if param is not None and param.value is None:
+            most = max(most, int(max(param.values or param.bounds)))
+    return most
+
+
+def _scheduler(spec: SweepSpec, trials: list[Trial]):
+    """Ray Tune's scheduler for the spec's ``scheduler`` (or W&B's ``early_terminate``),
+    counting epochs (training iterations)."""
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        HyperBandScheduler,
+        MedianStoppingRule,
+    )
+
+    stopping = spec.stopping
+    if stopping is None or stopping.type == "fifo":
+        return None
+    max_t = stopping.max_t or max_epochs(spec, trials)
+    if stopping.type == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            grace_period=stopping.grace_period,
+            reduction_factor=stopping.reduction_factor,
+            brackets=stopping.brackets,
+            max_t=max_t,
+        )
+    if stopping.type == "hyperband":
+        return HyperBandScheduler(
+            time_attr="training_iteration",
+            max_t=max_t,
+            reduction_factor=stopping.reduction_factor,
+        )
+    return MedianStoppingRule(
+        time_attr="training_iteration",
+        grace_period=stopping.grace_period,
+        min_samples_required=stopping.min_samples_required,
+    )
 
 
 def _callbacks(extra: list) -> list:
@@ -280,8 +328,14 @@ def _callbacks(extra: list) -> list:
     return [JsonLoggerCallback(), *extra]
 
 
+def _ray_trial_name(ray_trial) -> str:
+    # A searcher's proposals are single trials, named by their index.
+    config = ray_trial.config["trial"]
+    return config.get("dir") or f"trial_{config['index']:03d}"
+
+
 def build_tuner(
-    spec: SweepSpec,
+    loaded: LoadedSpec,
     groups: list[Group],
     configs: list[dict[str, Any]],
     sweep_cfg: dict,
@@ -289,39 +343,39 @@ def build_tuner(
     callbacks: list,
 ):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    scheduler = None
-    # Fused groups stop their members at ASHA's rungs themselves (trainable.py); a
+    spec = loaded.spec
+    trials = [t for g in groups for t in g.trials]
+    search_alg = None
+    if spec.method == "bayes":
+        from bopsweep.sweep.search import build_searcher
+
+        search_alg = build_searcher(spec, str(loaded.path))
+    # Fused groups stop their members at ASHA's rungs themselves (fused_trial.py); a
     # scheduler above them would stop whole groups.
     fused = any(g.fused for g in groups)
-    if spec.scheduler is not None and spec.scheduler.type == "asha" and not fused:
-        epochs = (t.train.resolved_hparams().epochs for g in groups for t in g.trials)
-        max_t = spec.scheduler.max_t or max(epochs)
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            grace_period=spec.scheduler.grace_period,
-            reduction_factor=spec.scheduler.reduction_factor,
-            max_t=max_t,
-        )
     return tune.Tuner(
         _trainable(spec),
-        param_space=_param_space(configs, sweep_cfg),
+        param_space=_param_space(spec, configs, sweep_cfg),
         tune_config=tune.TuneConfig(
             metric=spec.metric.name,
             mode=spec.metric.mode,
-            scheduler=scheduler,
+            search_alg=search_alg,
+            # A searcher's trials: one per configuration and seed.
+            num_samples=len(trials) if search_alg is not None else 1,
+            scheduler=None if fused else _scheduler(spec, trials),
             max_concurrent_trials=spec.max_concurrent_trials,
+            time_budget_s=spec.time_budget_s,
             # Short trials would otherwise pay a new worker process (and torch import)
             # each; the trainable sets all of its state itself.
             reuse_actors=True,
-            trial_name_creator=lambda t: t.config["trial"]["dir"],
-            trial_dirname_creator=lambda t: t.config["trial"]["dir"],
+            trial_name_creator=_ray_trial_name,
+            trial_dirname_creator=_ray_trial_name,
         ),
         run_config=tune.RunConfig(
             name=spec.name,
             storage_path=storage,
-            stop=_stopper(),
+            stop=_stopper(spec.metric),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoint.keep),
             callbacks=_callbacks(callbacks),
@@ -332,14 +386,14 @@ def build_tuner(
 
 def restore_tuner(spec: SweepSpec, experiment_path: str, configs: list, sweep_cfg: dict):
     """The interrupted run, from its folder; the saved state brings back the trials,
-    the stopper and the callbacks."""
+    the searcher, the stopper and the callbacks."""
     from ray import tune
 
     return tune.Tuner.restore(
         experiment_path,
         _trainable(spec),
         resume_unfinished=True,
-        param_space=_param_space(configs, sweep_cfg),
+        param_space=_param_space(spec, configs, sweep_cfg),
     )
 
 
@@ -354,7 +408,7 @@ def fit(tuner, experiment_path: str) -> tuple[list, dict[int, str]]:
     error text of each failed one, by the index of each trial it held."""
     results = tuner.fit()
     ray_trials = restored_trials(experiment_path)
-    held = {t.config["trial"]["dir"]: member_indices(t) for t in ray_trials}
+    held = {_ray_trial_name(t): member_indices(t) for t in ray_trials}
     errors = {}
     for result in results:
         if result.error is not None:

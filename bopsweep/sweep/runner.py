@@ -170,7 +170,8 @@ def _parent_params(loaded: LoadedSpec) -> dict[str, Any]:
     params = mlflow_client.flatten(data)
     for key, param in loaded.spec.parameters.items():
         shown = param.values if param.values is not None else param.value
-        params[f"parameters.{key}"] = shown if shown is not None else param.distribution
+        # A distribution with its range (``log_uniform_values [1e-05, 0.01]``).
+        params[f"parameters.{key}"] = shown if shown is not None else param.describe()
     return params
 
 
@@ -251,11 +252,13 @@ def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timel
         "tracking_uri": outcome.tracking_uri,
         "experiment_id": outcome.experiment_id,
         "parent_run_id": outcome.parent_run_id,
-        "checkpoint_every": spec.checkpoint.every,
+        # HyperBand pauses trials at its rungs and resumes them from their last
+        # checkpoint: one every epoch, so a resumed trial trains no epoch twice.
+        "checkpoint_every": 1 if _pauses_trials(spec) else spec.checkpoint.every,
         "checkpoint_every_s": spec.checkpoint.every_s,
         "cpus_per_trial": spec.resources.cpu,
-        # Fused groups stop members at ASHA's rungs themselves (trainable.py).
-        "scheduler": None if spec.scheduler is None else spec.scheduler.model_dump(),
+        # Fused groups stop members at ASHA's rungs themselves (fused_trial.py).
+        "scheduler": None if spec.stopping is None else spec.stopping.model_dump(),
         "metric": spec.metric.name,
         "mode": spec.metric.mode,
         # How long a finished trial keeps retrying an unreachable tracking server.
@@ -270,7 +273,7 @@ def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timel
         live = progress.LiveProgress(outcome)
         extra = [live]
         tuner = ray_backend.build_tuner(
-            spec, plan.groups, configs, sweep_cfg, plan.folder.storage, extra
+            plan.loaded, plan.groups, configs, sweep_cfg, plan.folder.storage, extra
         )
     # One copy of a file-backed dataset per node, shared by its trials.
     caches = datacache.start(outcome.parent_run_id, {t.train.dataset for t in plan.trials})
@@ -284,12 +287,23 @@ def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timel
         datacache.stop(caches)
 
 
+def _pauses_trials(spec) -> bool:
+    return spec.stopping is not None and spec.stopping.type == "hyperband"
+
+
 # --------------------------------------------------------------------- 4. settle
-def settle(plan: SweepPlan, outcome: SweepOutcome, ray_trials: list, errors: dict) -> None:
+def settle(
+    plan: SweepPlan,
+    outcome: SweepOutcome,
+    ray_trials: list,
+    errors: dict,
+    fit_s: float = 0.0,
+) -> None:
     """Give every child run a final status and read the sweep's outcome back.
 
     A run still RUNNING in MLflow was stopped by the scheduler, killed or
-    interrupted: it is never left RUNNING.
+    interrupted: it is never left RUNNING. ``fit_s``: how long Ray Tune ran (a
+    sweep that spent its ``time_budget_s`` ended early, not interrupted).
     """
     statuses, last_results = {}, {}
     for ray_trial in ray_trials:
@@ -313,11 +327,15 @@ def settle(plan: SweepPlan, outcome: SweepOutcome, ray_trials: list, errors: dic
     }
     if user_errors:
         outcome.stopped = next(iter(user_errors.values()))
+    else:
+        outcome.ended_early = _ended_early(plan.spec, last_results, fit_s)
     # Ray Tune catches Ctrl-C itself, saves the experiment and returns early:
     # trials left neither finished nor errored mean the run was interrupted.
     outcome.interrupted = not user_errors and any(
         s not in ("TERMINATED", "ERROR") for s in statuses.values()
     )
+    if outcome.ended_early:
+        outcome.interrupted = False
     planned = {t.index: t.epochs_total for t in outcome.trials}
 
     def ray_status(index: int) -> str:
@@ -339,6 +357,9 @@ def settle(plan: SweepPlan, outcome: SweepOutcome, ray_trials: list, errors: dic
 
         metrics = (outcome.metric, *HISTORY_METRICS)
         mlflow_client.settle_runs(outcome, wanted, {**errors, **user_errors}, metrics)
+        if outcome.ended_early:
+            # Trials the sweep's end left unstarted were never run: not trials at all.
+            outcome.trials = [t for t in outcome.trials if t.run_id is not None]
         reported = {i: int(r["epoch"]) + 1 for i, r in last_results.items() if "epoch" in r}
         short = short_trials(outcome, reported)
         if short:
@@ -358,6 +379,22 @@ def settle(plan: SweepPlan, outcome: SweepOutcome, ray_trials: list, errors: dic
     dirs = {t.index: g.dirname for g in plan.groups for t in g.trials}
     for trial in outcome.trials:
         trial.log_file = _error_file(plan.folder, dirs.get(trial.index))
+
+
+def _ended_early(spec, last_results: dict[int, dict], fit_s: float) -> str | None:
+    """Why the sweep ended before its last trial: the metric's target reached by a
+    trial, or the time budget spent; None otherwise."""
+    metric = spec.metric
+    for index, result in sorted(last_results.items()):
+        value = result.get(metric.name)
+        if metric.reached(value):
+            return (
+                f"trial {index:03d} reached the target {metric.name} "
+                f"{'>=' if metric.mode == 'max' else '<='} {metric.target:g} ({value:g})"
+            )
+    if spec.time_budget_s is not None and fit_s >= spec.time_budget_s:
+        return f"the time budget of {spec.time_budget_s:g} s was spent"
+    return None
 
 
 def short_trials(outcome: SweepOutcome, reported: dict[int, int]) -> list[TrialOutcome]:
@@ -451,7 +488,7 @@ def run_sweep(
                 timeline.mark("parent_run")
             ray_trials, errors = run_trials(plan, outcome, listener, timeline)
             timeline.mark("trials_done")
-            settle(plan, outcome, ray_trials, errors)
+            settle(plan, outcome, ray_trials, errors, time.time() - timeline.marks["tuner_built"])
             timeline.mark("settled")
             # The report is drawn while Ray shuts down.
             reporter = background.submit(write_report, outcome, plan.folder)

@@ -1,13 +1,17 @@
 """YAML sweep specs: load safely, validate against a schema, expand into trials.
 
 A spec is a base training config (``train:``, the keys of ``bopsweep train``), the
-parameters to sweep (dot paths into ``train``, grid ``values`` or random-search
-distributions with W&B-like names), seeds, the metric, resources and tracking.
+parameters to sweep (dot paths into ``train``, grid ``values`` or distributions with
+W&B's names), the search method, seeds, the metric, early stopping, resources and
+tracking. W&B's spellings are accepted where they exist (``metric.goal``,
+``early_terminate``, ``log_uniform`` as exponents), so its users' specs carry over.
 
 Errors point at the file and line: the YAML is composed once more into nodes,
 which keep their positions, and a validation error's field path is looked up there.
-The trials are expanded here, deterministically, so ``bopsweep plan`` shows exactly
-what ``bopsweep run`` will run.
+Grid and random trials are expanded here, deterministically, so ``bopsweep plan``
+shows exactly what ``bopsweep run`` will run; a bayes search's values are proposed
+while it runs (:mod:`bopsweep.sweep.search`). The JSON Schema editors use is
+generated here from the same model (:func:`json_schema`).
 """
 
 from __future__ import annotations
@@ -53,15 +57,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class ParameterSpec(_Strict):
-    """One swept key: ``values`` (grid), ``value`` (fixed) or a ``distribution``."""
+# W&B's distribution names. ``log_uniform`` takes exponents as in W&B (values
+# e^min..e^max); ``*_values`` take the values themselves; ``q_*`` round to ``q``.
+DISTRIBUTIONS = (
+    "uniform",
+    "q_uniform",
+    "int_uniform",
+    "log_uniform",
+    "q_log_uniform",
+    "log_uniform_values",
+    "q_log_uniform_values",
+)
+Distribution = Literal[
+    "uniform",
+    "q_uniform",
+    "int_uniform",
+    "log_uniform",
+    "q_log_uniform",
+    "log_uniform_values",
+    "q_log_uniform_values",
+]
 
-    values: list[Any] | None = None
-    value: Any = None
-    distribution: Literal["uniform", "log_uniform", "int_uniform"] | None = None
+
+class ParameterSpec(_Strict):
+    """One swept key: ``values`` (grid, or a choice for random and bayes), ``value``
+    (fixed) or a ``distribution`` between ``min`` and ``max`` (W&B's names)."""
+
+    values: list[Any] | None = Field(None, description="grid values, or the choices of a search")
+    value: Any = Field(None, description="a fixed value")
+    distribution: Distribution | None = Field(
+        None,
+        description="log_uniform: min/max are exponents (values e^min..e^max), as in W&B; "
+        "log_uniform_values: min/max are the values",
+    )
     min: float | None = None
     max: float | None = None
-    q: float | None = Field(None, gt=0)
+    q: float | None = Field(None, gt=0, description="round to multiples of q (q_*: default 1)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> ParameterSpec:
@@ -75,34 +106,134 @@ class ParameterSpec(_Strict):
                 raise ValueError(f"distribution {self.distribution!r} needs 'min' and 'max'")
             if self.min >= self.max:
                 raise ValueError(f"'min' ({self.min}) must be below 'max' ({self.max})")
-            if self.distribution == "log_uniform" and self.min <= 0:
-                raise ValueError("log_uniform needs min > 0")
+            if self.distribution.endswith("log_uniform_values") and self.min <= 0:
+                raise ValueError(f"{self.distribution} needs min > 0 (they are the values)")
+            if self.distribution.endswith("log_uniform") and self.min > 0:
+                # bopsweep's log_uniform took the values until W&B's meaning was adopted:
+                # every such spec has min > 0, which as an exponent would mean values
+                # above e. Refused rather than silently read the other way.
+                raise ValueError(
+                    f"{self.distribution} takes exponents as in W&B (values e^min..e^max), "
+                    f"and min {self.min:g} > 0 reads as a value: write distribution: "
+                    f"{self.distribution}_values with min: {self.min:g}, max: {self.max:g}, "
+                    f"or min/max as exponents (min: {math.log(self.min):.4g}, "
+                    f"max: {math.log(self.max):.4g})"
+                )
         return self
 
+    @property
+    def step(self) -> float | None:
+        """The rounding step: ``q``, 1 for the ``q_*`` distributions by default."""
+        if self.q is None and (self.distribution or "").startswith("q_"):
+            return 1.0
+        return self.q
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The range of values drawn (exponents turned into values)."""
+        if self.distribution in ("log_uniform", "q_log_uniform"):
+            return math.exp(self.min), math.exp(self.max)
+        return self.min, self.max
+
     def sample(self, rng: random.Random) -> Any:
+        low, high = self.bounds
         if self.distribution == "int_uniform":
-            value: float = rng.randint(int(self.min), int(self.max))
-        elif self.distribution == "log_uniform":
-            value = math.exp(rng.uniform(math.log(self.min), math.log(self.max)))
+            value: float = rng.randint(int(low), int(high))
+        elif "log_uniform" in (self.distribution or ""):
+            value = math.exp(rng.uniform(math.log(low), math.log(high)))
         else:
-            value = rng.uniform(self.min, self.max)
-        if self.q is not None:
-            value = round(value / self.q) * self.q
+            value = rng.uniform(low, high)
+        if self.step is not None:
+            value = round(value / self.step) * self.step
         return int(value) if self.distribution == "int_uniform" else value
+
+    def describe(self) -> str:
+        """How ``plan`` shows a parameter's search space."""
+        if self.values is not None:
+            return f"one of {self.values}"
+        if self.distribution is None:
+            return f"fixed {self.value!r}"
+        low, high = self.bounds
+        step = f", step {self.step:g}" if self.step is not None else ""
+        return f"{self.distribution} [{low:g}, {high:g}]{step}"
 
 
 class MetricSpec(_Strict):
+    """The metric trials are ranked by; ``goal`` is W&B's name for ``mode``."""
+
     name: str = "val_accuracy"
     mode: Literal["max", "min"] = "max"
+    goal: Literal["maximize", "minimize"] | None = Field(
+        None, description="W&B's name for mode: maximize (max) or minimize (min)"
+    )
+    target: float | None = Field(
+        None, description="stop the sweep once a trial reaches this value of the metric"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _goal_is_mode(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("goal") in GOALS:
+            mode = GOALS[data["goal"]]
+            if data.get("mode", mode) != mode:
+                raise ValueError(
+                    f"goal {data['goal']!r} contradicts mode {data['mode']!r}: give one of them"
+                )
+            data = {**data, "mode": mode}
+        return data
+
+    def reached(self, value: float) -> bool:
+        """Whether ``value`` meets the target."""
+        if self.target is None or value is None or math.isnan(value):
+            return False
+        return value >= self.target if self.mode == "max" else value <= self.target
+
+
+GOALS = {"maximize": "max", "minimize": "min"}
 
 
 class SchedulerSpec(_Strict):
-    """Early stopping of poor trials (ASHA), in epochs."""
+    """Early stopping of poor trials, in epochs: ``asha`` (asynchronous successive
+    halving), ``hyperband`` (synchronous HyperBand: pauses and resumes trials),
+    ``median`` (median stopping rule) or ``fifo`` (none)."""
 
-    type: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, gt=0)
-    reduction_factor: float = Field(2.0, gt=1)
-    max_t: int | None = Field(None, gt=0)
+    type: Literal["asha", "hyperband", "median", "fifo"] = "asha"
+    grace_period: int = Field(
+        1, gt=0, description="asha, median: epochs before a trial may be stopped"
+    )
+    reduction_factor: float = Field(2.0, gt=1, description="asha, hyperband: eta")
+    brackets: int = Field(1, gt=0, description="asha: brackets")
+    max_t: int | None = Field(None, gt=0, description="asha, hyperband: at most this many epochs")
+    min_samples_required: int = Field(
+        3, gt=0, description="median: trials that must report before one is stopped"
+    )
+
+
+class EarlyTerminateSpec(_Strict):
+    """W&B's ``early_terminate`` (its hyperband is asynchronous: run by ASHA)."""
+
+    type: Literal["hyperband"]
+    min_iter: int | None = Field(None, gt=0, description="first bracket, in epochs")
+    max_iter: int | None = Field(None, gt=0, description="at most this many epochs")
+    eta: float = Field(3.0, gt=1, description="bracket multiplier")
+    s: int = Field(1, gt=0, description="number of brackets")
+    strict: bool = Field(False, description="accepted for W&B specs; ASHA has no strict mode")
+
+    @model_validator(mode="after")
+    def _an_iter(self) -> EarlyTerminateSpec:
+        if self.min_iter is None and self.max_iter is None:
+            raise ValueError("hyperband needs min_iter (or max_iter with s)")
+        return self
+
+    def as_scheduler(self) -> SchedulerSpec:
+        grace = self.min_iter or max(1, round(self.max_iter / self.eta**self.s))
+        return SchedulerSpec(
+            type="asha",
+            grace_period=grace,
+            reduction_factor=self.eta,
+            brackets=self.s,
+            max_t=self.max_iter,
+        )
 
 
 class ResourcesSpec(_Strict):
@@ -135,12 +266,20 @@ class SweepSpec(_Strict):
     description: str = ""
     train: TrainConfig
     parameters: dict[str, ParameterSpec] = Field(default_factory=dict)
-    method: Literal["grid", "random"] = "grid"
-    num_samples: int = Field(1, gt=0, description="random search: configurations drawn")
+    method: Literal["grid", "random", "bayes"] = Field(
+        "grid", description="bayes: Optuna's TPE sampler proposes each configuration"
+    )
+    num_samples: int = Field(1, gt=0, description="random, bayes: configurations tried")
     search_seed: int = 0
     seeds: list[int] | None = Field(None, min_length=1)
     metric: MetricSpec = Field(default_factory=MetricSpec)
     scheduler: SchedulerSpec | None = None
+    early_terminate: EarlyTerminateSpec | None = Field(
+        None, description="W&B's form of scheduler: {type: hyperband, min_iter, eta, s}"
+    )
+    time_budget_s: float | None = Field(
+        None, gt=0, description="stop the sweep after this many seconds"
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     max_concurrent_trials: int | None = Field(None, gt=0)
     max_failures: int = Field(0, ge=0)
@@ -179,9 +318,18 @@ class SweepSpec(_Strict):
             raise ValueError(f"unknown parameter {key!r}; choose from: {', '.join(valid)}")
         if self.method == "grid" and any(p.distribution for p in self.parameters.values()):
             raise ValueError(
-                "method 'grid' takes 'values' only; use method: random for distributions"
+                "method 'grid' takes 'values' only; use method: random or bayes for distributions"
             )
+        if self.scheduler is not None and self.early_terminate is not None:
+            raise ValueError("give either 'scheduler' or 'early_terminate', not both")
         return self
+
+    @property
+    def stopping(self) -> SchedulerSpec | None:
+        """The early-stopping scheduler, from ``scheduler`` or ``early_terminate``."""
+        if self.early_terminate is not None:
+            return self.early_terminate.as_scheduler()
+        return self.scheduler
 
     @property
     def experiment(self) -> str:
@@ -206,6 +354,49 @@ class Trial:
 
 def _short(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# ------------------------------------------------------------------------- schema
+SCHEMA_FILE = "sweeps/schema.json"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec, for editors (``bopsweep schema``, ``sweeps/schema.json``).
+
+    Pydantic's schema of :class:`SweepSpec`, with the registries' names as the
+    choices of ``train.model``, ``dataset``, ``preprocess_fn`` and ``hparams_set``,
+    and the keys of ``train.hparams`` and ``parameters``, so an editor completes
+    them and flags unknown ones as ``bopsweep plan`` does."""
+    from bopsweep.bnn.models import model_names
+    from bopsweep.config import HPARAM_SETS, HParams
+    from bopsweep.data import DATASETS, PREPROCESS_FNS
+
+    schema = SweepSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "bopsweep sweep spec"
+    train = schema["$defs"]["TrainConfig"]["properties"]
+    train["model"]["enum"] = model_names()
+    train["dataset"]["enum"] = sorted(DATASETS)
+    train["preprocess_fn"]["enum"] = sorted(PREPROCESS_FNS)
+    train["hparams_set"]["enum"] = sorted({name for sets in HPARAM_SETS.values() for name in sets})
+    hparams = HParams.model_json_schema()
+    train["hparams"] = {
+        "type": "object",
+        "description": "overrides of the hparams set",
+        "properties": hparams["properties"],
+        "additionalProperties": False,
+    }
+    swept = sorted(set(TrainConfig.model_fields) - {"hparams"})
+    schema["properties"]["parameters"]["propertyNames"] = {
+        "enum": swept + [f"hparams.{k}" for k in HPARAM_KEYS]
+    }
+    return schema
+
+
+def json_schema_text() -> str:
+    import json
+
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
 
 
 # ------------------------------------------------------------------------- loading
@@ -384,7 +575,7 @@ def _set_path(values: dict[str, Any], key: str, value: Any) -> None:
 
 def count_trials(spec: SweepSpec) -> int:
     seeds = len(spec.seeds) if spec.seeds else 1
-    if spec.method == "random":
+    if spec.method in ("random", "bayes"):
         return spec.num_samples * seeds
     return (
         math.prod(len(p.values) if p.values is not None else 1 for p in spec.parameters.values())
@@ -392,8 +583,47 @@ def count_trials(spec: SweepSpec) -> int:
     )
 
 
+def searched(spec: SweepSpec) -> dict[str, ParameterSpec]:
+    """The parameters a bayes searcher proposes values for (all but fixed ones)."""
+    return {k: p for k, p in spec.parameters.items() if p.value is None}
+
+
+def fixed(spec: SweepSpec) -> dict[str, Any]:
+    return {k: p.value for k, p in spec.parameters.items() if p.value is not None}
+
+
+def make_trial(spec: SweepSpec, index: int, swept: dict[str, Any], where: Path | str) -> Trial:
+    """Trial ``index`` with the ``swept`` values (a ``seed`` among them) set on the base
+    config; a value the training config refuses is a UserError naming ``where``."""
+    base = spec.train.model_dump()
+    values = {**base, "hparams": dict(base["hparams"])}
+    for key, value in swept.items():
+        _set_path(values, key, value)
+    try:
+        config = make_train_config(**values)
+    except UserError as error:
+        raise UserError(f"{where}: trial with {swept}: {error}") from None
+    return Trial(index, dict(swept), config)
+
+
+def _probes(spec: SweepSpec) -> list[dict[str, Any]]:
+    """For a search whose values are proposed as it runs: one configuration per
+    choice and per end of each range, so a value out of bounds is refused up front."""
+    probes = []
+    for key, param in searched(spec).items():
+        ends = list(param.values) if param.values is not None else list(param.bounds)
+        if param.distribution == "int_uniform":
+            ends = [int(v) for v in ends]
+        probes += [{key: value} for value in ends]
+    return probes
+
+
 def expand(loaded: LoadedSpec) -> list[Trial]:
-    """The trials of the sweep, in a fixed order: configurations, then seeds."""
+    """The trials of the sweep, in a fixed order: configurations, then seeds.
+
+    With ``method: bayes`` the searcher proposes each configuration while the sweep
+    runs: the trials here are placeholders holding only the fixed values and the
+    seed (every choice and range end is validated against the training config)."""
     spec = loaded.spec
     total = count_trials(spec)
     if total > MAX_TRIALS:
@@ -401,7 +631,11 @@ def expand(loaded: LoadedSpec) -> list[Trial]:
             f"{loaded.path}: the sweep expands to {total:,} trials (limit {MAX_TRIALS:,}): "
             "narrow the grid or use method: random with num_samples"
         )
-    if spec.method == "random":
+    if spec.method == "bayes":
+        for probe in _probes(spec):
+            make_trial(spec, 0, {**fixed(spec), **probe}, loaded.path)
+        configurations = [fixed(spec)] * spec.num_samples
+    elif spec.method == "random":
         rng = random.Random(spec.search_seed)
         configurations = [
             {
@@ -422,20 +656,9 @@ def expand(loaded: LoadedSpec) -> list[Trial]:
         configurations = [
             dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grids)
         ]
-    base = spec.train.model_dump()
     trials = []
     for swept in configurations:
         for seed in spec.seeds or [None]:
-            values = {**base, "hparams": dict(base["hparams"])}
-            for key, value in swept.items():
-                _set_path(values, key, value)
-            shown = dict(swept)
-            if seed is not None:
-                values["seed"] = seed
-                shown["seed"] = seed
-            try:
-                config = make_train_config(**values)
-            except UserError as error:
-                raise UserError(f"{loaded.path}: trial with {shown}: {error}") from None
-            trials.append(Trial(len(trials), shown, config))
+            shown = dict(swept) if seed is None else {**swept, "seed": seed}
+            trials.append(make_trial(spec, len(trials), shown, loaded.path))
     return trials

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 KUBERAY = DOCKER / "kuberay"
 COMPOSE_FILE = DOCKER / "compose.yaml"
+MINIO_FILE = DOCKER / "compose.minio.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 COMPOSE_SCHEMA = Path(__file__).resolve().parent / "schemas" / "compose-spec.json"
 DOCKERFILES = {"gpu": DOCKER / "Dockerfile", "cpu": DOCKER / "Dockerfile.cpu"}
@@ -358,6 +359,9 @@ EXPECTED_FILES = [
     "docker/Dockerfile.dockerignore",
     "docker/Dockerfile.cpu.dockerignore",
     "docker/compose.yaml",
+    "docker/compose.minio.yaml",
+    "docker/.dockerignore",
+    ".dockerignore",
     "docker/.env.example",
     "docker/.gitignore",
     "docker/README.md",
@@ -558,13 +562,13 @@ def test_compose_mlflow_service(compose, services) -> None:
     mlflow = services["mlflow"]
     args = shlex.split(command_text(mlflow))
     assert args[:2] == ["mlflow", "server"]
-    for flag, value in [
-        ("--artifacts-destination", "/mlartifacts"),
-        ("--host", "0.0.0.0"),
-        ("--port", "5000"),
-    ]:
+    for flag, value in [("--host", "0.0.0.0"), ("--port", "5000")]:
         assert args[args.index(flag) + 1] == value
     assert "--serve-artifacts" in args
+    # From the environment (mlflow server reads it there), so compose.minio.yaml can
+    # point it at a bucket without repeating the command.
+    assert "--artifacts-destination" not in args
+    assert environment_of(mlflow)["MLFLOW_ARTIFACTS_DESTINATION"] == "/mlartifacts"
     # MLflow rejects requests whose Host header is not allowed: the Ray containers
     # call it as mlflow:5000.
     allowed = args[args.index("--allowed-hosts") + 1].split(",")
@@ -968,3 +972,202 @@ def test_hadolint() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------- object store vs /dev/shm
+# Ray's object store lives in /dev/shm; it must fit there with room for PyTorch's own
+# shared memory (DataLoader workers, NCCL), instead of Ray's default of 30% of RAM.
+STORE_SHARE_OF_SHM = 0.8
+UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
+K8S_UNITS = {
+    "": 1,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+}
+
+
+def compose_bytes(text: str) -> int:
+    """Compose's byte values (shm_size: 8gb, 512m, 1073741824)."""
+    number, unit = re.fullmatch(r"([0-9.]+)\s*([a-zA-Z]*)", text.strip()).groups()
+    return int(float(number) * UNITS[unit.lower()])
+
+
+def k8s_bytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(quantity)).groups()
+    return int(float(number) * K8S_UNITS[unit])
+
+
+def object_store_flag(text: str) -> str:
+    match = re.search(r"--object-store-memory[= ](\S+)", text)
+    assert match, "ray start without --object-store-memory: Ray sizes it at 30% of RAM"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", ["ray-head", "ray-worker", "sweep"])
+def test_compose_object_store_fits_in_shm(services, env_example, name) -> None:
+    service = interpolate(services[name], env_example)
+    shm = compose_bytes(service["shm_size"])
+    store = int(object_store_flag(command_text(service)))
+    assert 0 < store <= STORE_SHARE_OF_SHM * shm, (name, store, shm)
+    # The defaults documented in .env.example are the ones compose.yaml applies.
+    raw = command_text(services[name])
+    example = ENV_EXAMPLE.read_text(encoding="utf-8")
+    assert f"# RAY_OBJECT_STORE_MEMORY={store}" in example and store > 2**30
+    assert "${RAY_OBJECT_STORE_MEMORY:-" in raw
+    assert f"# RAY_SHM_SIZE={services[name]['shm_size'].split(':-')[1].rstrip('}')}" in example
+
+
+def test_kuberay_object_store_fits_in_dshm(k8s_objects) -> None:
+    checked = 0
+    for owner, spec in cluster_specs(k8s_objects).items():
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            pod = group["template"]["spec"]
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            (container,) = [c for c in pod["containers"] if c["name"].startswith("ray-")]
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            shm_volume = volumes[mounts["/dev/shm"]]["emptyDir"]
+            assert shm_volume.get("medium") == "Memory", owner
+            shm = k8s_bytes(shm_volume["sizeLimit"])
+            store = int(group["rayStartParams"]["object-store-memory"])
+            where = f"{owner} {group.get('groupName', 'head')}"
+            assert 0 < store <= STORE_SHARE_OF_SHM * shm, (where, store, shm)
+            # A memory-backed emptyDir counts against the container's memory limit.
+            memory = k8s_bytes(container["resources"]["limits"]["memory"])
+            assert shm <= memory / 2, (where, shm, memory)
+            checked += 1
+    assert checked >= 4
+
+
+# ------------------------------------------------------- MLflow client vs server
+def test_mlflow_client_in_images_is_the_server_s_version(services) -> None:
+    server_args = services["mlflow"]["build"]["args"]
+    default = re.fullmatch(r"\$\{MLFLOW_VERSION:-([^}]+)\}", server_args["MLFLOW_VERSION"])
+    assert default, "the MLflow server's version must come from MLFLOW_VERSION"
+    version = default.group(1)
+    assert services["mlflow"]["image"].endswith(":${MLFLOW_VERSION:-" + version + "}")
+    for name in ("ray-head", "ray-worker", "sweep"):
+        assert services[name]["build"]["args"]["MLFLOW_VERSION"] == server_args["MLFLOW_VERSION"]
+    for path in DOCKERFILES.values():
+        instructions = dockerfile_instructions(path)
+        assert arg_defaults(instructions)["MLFLOW_VERSION"] == version, path.name
+        installs = " ".join(rest for kw, rest in instructions if kw == "RUN")
+        assert '"mlflow==${MLFLOW_VERSION}"' in installs, path.name
+    assert f"# MLFLOW_VERSION={version}" in ENV_EXAMPLE.read_text(encoding="utf-8")
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    wanted = re.search(r'"mlflow([<>=!~][^"]*)"', pyproject)
+    specifiers = pytest.importorskip("packaging.specifiers")
+    assert version in specifiers.SpecifierSet(wanted.group(1)), wanted.group(0)
+
+
+# ----------------------------------------------------------- build contexts
+def _ignore_file(context: Path, dockerfile: str | None) -> Path:
+    """The filter BuildKit applies: <Dockerfile>.dockerignore, else the context's."""
+    if dockerfile is not None:
+        specific = context / (dockerfile + ".dockerignore")
+        if specific.is_file():
+            return specific
+    return context / ".dockerignore"
+
+
+@pytest.mark.parametrize("compose_file", [COMPOSE_FILE, MINIO_FILE], ids=lambda p: p.name)
+def test_docker_env_is_never_sent_to_a_builder(compose_file) -> None:
+    (doc,) = load_docs(compose_file)
+    builds = 0
+    for name, service in doc["services"].items():
+        build = service.get("build")
+        if not build:
+            continue
+        builds += 1
+        context = (DOCKER / build["context"]).resolve()
+        dockerfile = None if "dockerfile_inline" in build else build.get("dockerfile")
+        if dockerfile is not None:
+            dockerfile = interpolate(dockerfile, {})
+        ignore = _ignore_file(context, dockerfile)
+        assert ignore.is_file(), f"{name}: no .dockerignore for context {context}"
+        secret = str((DOCKER / ".env").resolve().relative_to(context))
+        assert dockerignore_excludes(ignore_patterns(ignore), secret), (name, ignore)
+    assert builds or compose_file == MINIO_FILE
+    # Builds from the repository root with another Dockerfile: the root filter.
+    root = ignore_patterns(REPO / ".dockerignore")
+    for unwanted in ["docker/.env", ".env", ".venv/bin/python", ".git/HEAD", "mlflow.db"]:
+        assert dockerignore_excludes(root, unwanted), unwanted
+    for wanted in ["docker/.env.example", "pyproject.toml", "bopsweep/cli.py"]:
+        assert not dockerignore_excludes(root, wanted), wanted
+
+
+# ----------------------------------------------------------------- MinIO option
+@pytest.fixture(scope="module")
+def minio() -> dict[str, Any]:
+    (doc,) = load_docs(MINIO_FILE)
+    return doc
+
+
+def _minio_env() -> dict[str, str]:
+    """.env.example with its MinIO section uncommented, as a user would."""
+    values = {}
+    for raw in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        match = re.fullmatch(r"#?\s*([A-Z][A-Z0-9_]*)=(\S+)", raw.strip())
+        if match:
+            values[match.group(1)] = match.group(2)
+    return values
+
+
+def test_minio_override_matches_compose_spec(minio, compose) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    for label, doc in [("raw", minio), ("interpolated", interpolate(minio, _minio_env()))]:
+        errors = list(validator.iter_errors(doc))
+        assert not errors, f"{label}: " + "; ".join(e.message for e in errors)
+    # An override: every service it changes exists in compose.yaml, or is its own.
+    own = {"minio", "minio-setup"}
+    assert set(minio["services"]) - own <= set(compose["services"])
+    assert set(minio["volumes"]) == {"minio"}
+
+
+def test_minio_override_secrets_are_references_documented_as_placeholders(minio) -> None:
+    example = ENV_EXAMPLE.read_text(encoding="utf-8")
+    for where, text in iter_strings(minio):
+        for match in INTERPOLATION.finditer(text.replace("$$", "")):
+            assert f"# {match.group(1)}=" in example, f"{where}: ${match.group(1)} undocumented"
+    for name, service in minio["services"].items():
+        for key, value in environment_of(service).items():
+            if SECRET_NAME.search(key):
+                assert INTERPOLATION.fullmatch(str(value)), f"{name}: {key} must be ${{VAR}}"
+    for key, value in _minio_env().items():
+        if SECRET_NAME.search(key):
+            assert "change-me" in value, f".env.example: {key}"
+    for where, text in iter_strings(minio):
+        leftover = INTERPOLATION.sub("", text.replace("$$", ""))
+        assert "$" not in leftover, f"{where}: ambiguous '$' in {text!r}"
+
+
+def test_minio_serves_mlflow_s_artifacts_and_the_ray_containers(minio) -> None:
+    services = minio["services"]
+    server = services["minio"]
+    assert re.search(r":RELEASE\.\d{4}-", server["image"]), "pin MinIO's image"
+    assert re.search(r":RELEASE\.\d{4}-", services["minio-setup"]["image"])
+    assert server["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    for host_ip, _ in published_ports(server):
+        assert host_ip == "127.0.0.1"
+    setup = services["minio-setup"]
+    assert setup["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = command_text(setup)
+    for step in ("mc mb --ignore-existing", "mc admin user add", "policy attach local readwrite"):
+        assert step in script
+    mlflow = services["mlflow"]
+    env = environment_of(mlflow)
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+    assert mlflow["depends_on"]["minio-setup"]["condition"] == "service_completed_successfully"
+    for name in ("mlflow", "ray-head", "ray-worker", "sweep"):
+        env = environment_of(services[name])
+        assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000", name
+        assert env["AWS_ACCESS_KEY_ID"].startswith("${BOPSWEEP_S3_ACCESS_KEY_ID"), name
+        assert env["AWS_SECRET_ACCESS_KEY"].startswith("${BOPSWEEP_S3_SECRET_ACCESS_KEY"), name
+        # MinIO's administrator stays with MinIO.
+        assert not any("MINIO_ROOT" in str(v) for v in env.values()), name

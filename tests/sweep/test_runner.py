@@ -41,3 +41,21 @@ def test_credentials_come_from_the_environment_or_mlflows_file(tmp_path, monkeyp
         "MLFLOW_TRACKING_PASSWORD": "from-env",
         "MLFLOW_TRACKING_TOKEN": "t0ken",
     }
+
+
+def test_a_sweep_ends_early_at_its_target_or_time_budget(tmp_path):
+    from bopsweep.sweep.runner import _ended_early
+    from bopsweep.sweep.spec import load_spec
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "name: t\ntrain: {model: mlp, dataset: digits}\n"
+        "metric: {name: val_loss, goal: minimize, target: 0.2}\ntime_budget_s: 60\n"
+    )
+    spec = load_spec(path).spec
+    results = {0: {"val_loss": 0.5}, 3: {"val_loss": 0.15}}
+    assert (
+        _ended_early(spec, results, 10.0) == "trial 003 reached the target val_loss <= 0.2 (0.15)"
+    )
+    assert _ended_early(spec, {0: {"val_loss": 0.5}}, 61.0) == "the time budget of 60 s was spent"
+    assert _ended_early(spec, {0: {"val_loss": 0.5}, 1: {}}, 10.0) is None

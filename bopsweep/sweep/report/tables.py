@@ -46,6 +46,11 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def _swept_text(trial: TrialOutcome, key: str) -> str:
+    # "-": a value not known yet (a bayes trial its searcher has not proposed).
+    return format_value(trial.swept[key]) if key in trial.swept else "-"
+
+
 def _fmt_metric(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.4f}"
 
@@ -115,6 +120,39 @@ def leaderboard_table_json(outcome: SweepOutcome, keys: Sequence[str] | None = N
     return {"columns": columns(outcome.metric, keys, extra_metrics(outcome)), "data": data}
 
 
+def leaderboard_records(outcome: SweepOutcome, keys: Sequence[str] | None = None) -> list[dict]:
+    """The leaderboard as one JSON object per trial, best first (``--json``)."""
+    keys = _keys(outcome, keys)
+    names = columns(outcome.metric, keys)
+    return [
+        {
+            name: None if _is_nan(value) else value
+            for name, value in zip(names, values, strict=True)
+            if name not in keys
+        }
+        | {"swept": {k: trial.swept.get(k) for k in keys}, "run_id": trial.run_id}
+        for values, trial in zip(_rows(outcome, keys), outcome.ranked(), strict=True)
+    ]
+
+
+def outcome_json(outcome: SweepOutcome, keys: Sequence[str] | None = None) -> dict:
+    """A sweep's result for scripts: how it ended, where it is tracked, the leaderboard."""
+    return {
+        "sweep": outcome.name,
+        "metric": outcome.metric,
+        "mode": outcome.mode,
+        "tracking_uri": outcome.tracking_uri,
+        "experiment_id": outcome.experiment_id,
+        "parent_run_id": outcome.parent_run_id,
+        "parent_run": outcome.parent_link,
+        "counts": outcome.counts(),
+        "interrupted": outcome.interrupted,
+        "ended_early": outcome.ended_early,
+        "tracking_error": outcome.tracking_error,
+        "leaderboard": leaderboard_records(outcome, keys),
+    }
+
+
 def _title(outcome: SweepOutcome) -> str:
     return f"{outcome.name}: leaderboard by {outcome.metric} ({outcome.mode})"
 
@@ -152,7 +190,7 @@ def leaderboard_markdown(outcome: SweepOutcome, keys: Sequence[str] | None = Non
         cells = [
             str(rank),
             f"{trial.index:03d}",
-            *(format_value(trial.swept.get(k)) for k in keys),
+            *(_swept_text(trial, k) for k in keys),
             _fmt_metric(trial.final(metric)),
             _fmt_metric(trial.best(metric, outcome.mode)),
             *(_fmt_metric(trial.final(m)) for m in extras),
@@ -206,7 +244,7 @@ def leaderboard_table(
         table.add_row(
             str(rank),
             f"{trial.index:03d}",
-            *(format_value(trial.swept.get(k)) for k in keys),
+            *(_swept_text(trial, k) for k in keys),
             _fmt_metric(trial.final(metric)),
             _fmt_metric(trial.best(metric, outcome.mode)),
             *(_fmt_metric(trial.final(m)) for m in extras),
@@ -242,7 +280,7 @@ def live_table(outcome: SweepOutcome):
         total = trial.epochs_total if trial.epochs_total is not None else "?"
         table.add_row(
             f"{trial.index:03d}",
-            *(format_value(trial.swept.get(k)) for k in keys),
+            *(_swept_text(trial, k) for k in keys),
             f"[{style}]{trial.status}[/]" if style else trial.status,
             f"{_epochs_done(trial, metric)}/{total}",
             _fmt_metric(trial.final(metric)),

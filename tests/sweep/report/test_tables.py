@@ -192,3 +192,24 @@ def test_top5_and_test_set_columns_when_the_trials_logged_them():
     # A sweep ranked by test accuracy does not repeat it as an extra column.
     outcome.metric = "test_accuracy"
     assert tables.extra_metrics(outcome) == ["val_top5_accuracy"]
+
+
+def test_outcome_as_json_for_scripts():
+    outcome = _ended_sweep()
+    data = json.loads(json.dumps(tables.outcome_json(outcome)))
+    assert data["sweep"] == outcome.name and data["parent_run_id"] == outcome.parent_run_id
+    assert data["counts"] == {"FINISHED": 1, "FAILED": 1, "KILLED": 0}
+    first, second = data["leaderboard"]
+    assert first["rank"] == 1 and first["trial"] == 0 and first["status"] == "FINISHED"
+    assert first["swept"] == {"hparams.gamma": 1e-3, "seed": 0}
+    assert first["best_val_accuracy"] == 0.7 and first["run_id"] == RUN_ID
+    assert second["run_id"] is None and second["mean_flip_ratio"] is None
+
+
+def test_a_value_not_proposed_yet_shows_as_a_dash():
+    outcome = _ended_sweep()
+    outcome.trials.append(TrialOutcome(index=2, swept={}, epochs_total=2))
+    console = Console(width=200, record=True)
+    console.print(tables.live_table(outcome))
+    row = next(line for line in console.export_text().splitlines() if "002" in line)
+    assert "None" not in row and " - " in row
