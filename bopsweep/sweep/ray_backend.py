@@ -205,12 +205,19 @@ def can_restore(experiment_path: str) -> bool:
     return tune.Tuner.can_restore(experiment_path)
 
 
-def _member_config(t: Trial) -> dict[str, Any]:
+def trial_config(t: Trial) -> dict[str, Any]:
+    """One trial's config, as its Ray trial (or its fused group) gets it."""
     train = t.train.model_dump()
     # Ray runs each trial in its own folder: a relative data_dir means the
     # driver's working directory.
     train["data_dir"] = str(Path(train["data_dir"]).expanduser().resolve())
-    return {"index": t.index, "name": t.name, "swept": t.swept, "train": train}
+    return {
+        "index": t.index,
+        "name": t.name,
+        "swept": t.swept,
+        "train": train,
+        "dir": f"trial_{t.index:03d}",
+    }
 
 
 def trial_configs(groups: list[Group]) -> list[dict[str, Any]]:
@@ -218,14 +225,14 @@ def trial_configs(groups: list[Group]) -> list[dict[str, Any]]:
     configs = []
     for group in groups:
         if not group.fused:
-            configs.append({**_member_config(group.trials[0]), "dir": group.dirname})
+            configs.append(trial_config(group.trials[0]))
             continue
         configs.append(
             {
                 "index": group.index,
                 "name": group.name,
                 "dir": group.dirname,
-                "members": [_member_config(t) for t in group.trials],
+                "members": [trial_config(t) for t in group.trials],
             }
         )
     return configs

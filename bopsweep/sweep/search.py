@@ -49,7 +49,7 @@ def optuna_distribution(param: ParameterSpec):
 
 class SpecTrials(Searcher):
     """Wraps a searcher: each proposal becomes trial ``index`` of the spec, in the
-    shape :func:`bopsweep.sweep.ray_backend.trial_configs` gives grid trials."""
+    shape :func:`bopsweep.sweep.ray_backend.trial_config` gives grid trials."""
 
     def __init__(self, searcher: Searcher, spec: SweepSpec, where: str) -> None:
         # ``searcher`` is the attribute name Ray Tune follows to save and restore
@@ -67,7 +67,7 @@ class SpecTrials(Searcher):
         return self.searcher.set_max_concurrency(max_concurrent)
 
     def suggest(self, trial_id: str) -> dict | None:
-        from bopsweep.sweep.ray_backend import trial_configs
+        from bopsweep.sweep.ray_backend import trial_config
 
         proposal = self.searcher.suggest(trial_id)
         if proposal is None or proposal == Searcher.FINISHED:
@@ -87,7 +87,7 @@ class SpecTrials(Searcher):
             swept["seed"] = self.spec.seeds[repeat or 0]
         trial = make_trial(self.spec, self.next_index, swept, self.where)
         self.next_index += 1
-        return {"trial": trial_configs([trial])[0]}
+        return {"trial": trial_config(trial)}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.searcher.on_trial_result(trial_id, result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bopsweep.sweep.ray_backend import trial_configs
+from bopsweep.sweep.ray_backend import trial_config
 from bopsweep.sweep.search import build_searcher
 from bopsweep.sweep.spec import expand, load_spec
 
@@ -37,7 +37,7 @@ def test_proposals_are_trials_like_a_grid_s(tmp_path):
         config = searcher.suggest(f"id{n}")
         configs.append(config["trial"])
         searcher.on_trial_complete(f"id{n}", {"val_accuracy": 0.5 + n / 100})
-    grid_like = trial_configs(expand(loaded))[0]
+    grid_like = trial_config(expand(loaded)[0])
     for index, trial in enumerate(configs):
         assert set(trial) == set(grid_like)
         assert trial["index"] == index

@@ -25,8 +25,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
-
 from bopsweep.sweep.outcome import FLIP_METRIC, SweepOutcome, TrialOutcome, format_value
 from bopsweep.sweep.report.grid import SEED_KEY
 
@@ -56,8 +54,9 @@ class Claim:
 
 def spearman(x: list[float], y: list[float]) -> float:
     """Spearman's rank correlation; NaN when either side is constant."""
+    import numpy as np  # here: the live table imports this package and must stay light
 
-    def ranks(values: list[float]) -> np.ndarray:
+    def ranks(values: list[float]):
         a = np.asarray(values, dtype=np.float64)
         order = a.argsort(kind="stable")
         out = np.empty(len(a))
@@ -94,6 +93,8 @@ def _within_rows(trials: list[TrialOutcome], varied: str, fixed: str) -> list[fl
 
 
 def _flip_claim(trials, varied: str, fixed: str, sign: int) -> Claim | None:
+    import numpy as np
+
     rhos = _within_rows(trials, varied, fixed)
     if not rhos:
         return None
@@ -116,6 +117,8 @@ def _flip_claim(trials, varied: str, fixed: str, sign: int) -> Claim | None:
 
 
 def _aggressive_claims(trials, metric: str) -> list[Claim]:
+    import numpy as np
+
     scored = [t for t in trials if len(_tail(t, metric)) >= 2]
     if not scored:
         return []
