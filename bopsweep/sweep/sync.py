@@ -1,7 +1,8 @@
 """``bopsweep sync NAME``: upload to MLflow what a sweep's tracking server missed.
 
 Every trial's per-epoch metrics are also in its local results (Ray's
-``result.json`` under ``<storage>/<name>/trial_NNN``). When the tracking server was
+``result.json`` under ``<storage>/<name>/trial_NNN``, or a fused group's
+``fused_NNN``, whose rows hold each member's epoch). When the tracking server was
 down for longer than a trial could wait, this reads them back and sends each
 trial's missing epochs into its child run (found by its trial key, created if it
 never reached the server), settles every run's status, and writes the sweep's
@@ -21,7 +22,12 @@ from bopsweep.config import TrainConfig
 from bopsweep.errors import UserError
 from bopsweep.sweep import mlflow_client
 from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
-from bopsweep.sweep.ray_backend import TIMING_PREFIX, USER_ERROR_KEY
+from bopsweep.sweep.ray_backend import (
+    MEMBER_ERROR_KEY,
+    MEMBER_STATUS_KEY,
+    TIMING_PREFIX,
+    USER_ERROR_KEY,
+)
 from bopsweep.sweep.spec import SweepSpec, Trial
 from bopsweep.sweep.state import STATE_FILE, SweepFolder
 from bopsweep.sweep.tracking import TrialTracker
@@ -49,6 +55,35 @@ def _results(trial_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _trial_results(folder: Path):
+    """``(trial config, epoch rows, error text, own status)`` of every trial: a Ray
+    trial's, or each member's of a fused group (its part of the group's rows)."""
+    for trial_dir in sorted(folder.glob("*_*")):
+        if not trial_dir.name.startswith(("trial_", "fused_")):
+            continue
+        rows = _results(trial_dir)
+        if not rows:
+            continue
+        config = rows[-1]["config"]["trial"]
+        error_file = trial_dir / "error.txt"
+        error = error_file.read_text()[-2000:] if error_file.is_file() else None
+        if "members" not in config:
+            yield config, [r for r in rows if "epoch" in r], error, None
+            continue
+        for member in config["members"]:
+            key = str(member["index"])
+            # A member that stopped repeats its last epoch in the group's later rows.
+            by_epoch = {
+                part["epoch"]: part
+                for r in rows
+                for part in [(r.get("members") or {}).get(key) or {}]
+                if "epoch" in part
+            }
+            parts = [by_epoch[e] for e in sorted(by_epoch)]
+            last = parts[-1] if parts else {}
+            yield member, parts, error or last.get(MEMBER_ERROR_KEY), last.get(MEMBER_STATUS_KEY)
 
 
 def _epoch_metrics(row: dict) -> dict[str, float]:
@@ -85,11 +120,9 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
     wanted: dict[int, str] = {}
     errors: dict[int, str] = {}
     sent = 0
-    for trial_dir in sorted(Path(folder.path).glob("trial_*")):
-        rows = [r for r in _results(trial_dir) if "epoch" in r]
+    for trial_cfg, rows, error, own_status in _trial_results(Path(folder.path)):
         if not rows:
             continue
-        trial_cfg = rows[-1]["config"]["trial"]
         train = TrainConfig.model_validate(trial_cfg["train"])
         trial = Trial(trial_cfg["index"], trial_cfg["swept"], train)
         hparams = train.resolved_hparams()
@@ -114,10 +147,11 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
         tracker.close()
         if not drained:
             raise UserError(f"the tracking server at {uri} stopped answering during the sync")
-        error_file = trial_dir / "error.txt"
-        if error_file.is_file():
+        if error:
             wanted[trial.index] = "FAILED"
-            errors[trial.index] = error_file.read_text()[-2000:]
+            errors[trial.index] = error
+        elif own_status:
+            wanted[trial.index] = own_status  # a fused member that stopped early
         elif max(r["epoch"] for r in rows) + 1 >= hparams.epochs:
             wanted[trial.index] = "FINISHED"
         else:
