@@ -202,12 +202,12 @@ def test_ctrl_c_marks_runs_killed_and_says_how_to_resume(mlflow_server, workdir)
     assert children and all(c.info.status == "KILLED" for c in children)
 
 
-def _two_trials_logging_to(server, experiment: str, workdir: Path, env=None):
+def _two_trials_logging_to(server, experiment: str, workdir: Path, env=None, fuse="auto"):
     """Start a 2-trial, 40-epoch quickstart sweep; return once it has logged."""
     driver = start_run(
         [
             sweep_file("quickstart.yaml"),
-            *grid("[1e-6]", "[1e-3,1e-4]", 40),
+            *grid("[1e-6]", "[1e-3,1e-4]", 40, "--set", f"fuse={fuse}"),
             "--set",
             f"tracking.experiment={experiment}",
             "--tracking-uri",
@@ -241,12 +241,14 @@ def test_tracking_outage_loses_nothing(workdir, tmp_path):
 
 
 def test_server_that_never_returns_is_filled_by_sync(workdir, tmp_path):
+    """Here the two trials train fused: sync reads each member's epochs from the
+    group's results (unfused trials' results are read the same way, one per folder)."""
     server = start_mlflow_server(tmp_path / "gone")
     experiment = "e2e-sync"
     client = MlflowClient(server.uri)
     try:
         driver = _two_trials_logging_to(
-            server, experiment, workdir, env={"BOPSWEEP_TRACKING_DRAIN_S": "3"}
+            server, experiment, workdir, env={"BOPSWEEP_TRACKING_DRAIN_S": "3"}, fuse="2"
         )
         server.stop()
         output, _ = driver.communicate(timeout=400)
