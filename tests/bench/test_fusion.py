@@ -1,0 +1,24 @@
+"""Bench section ``fusion`` in the quick bench: the quickstart fused and unfused, and
+BinaryNet members fused against separate trainers."""
+
+from __future__ import annotations
+
+
+def test_the_quickstart_ran_fused_and_unfused(quick_bench):
+    _, results = quick_bench
+    section = results["sections"]["fusion"]
+    off, fused = section["quickstart"]["off"], section["quickstart"]["auto"]
+    assert off["ray_trials"] == ["trial_000", "trial_001"]
+    assert fused["ray_trials"] == ["fused_000"]
+    for run in (off, fused):
+        assert run["wall_s"] > 0 and run["samples_per_s"] > 0
+
+
+def test_binarynet_members_fused_and_separate_are_timed(quick_bench):
+    _, results = quick_bench
+    figures = results["sections"]["fusion"]["binarynet"]
+    assert set(figures) == {"1", "2"}
+    for members, row in figures.items():
+        assert row["fused_member_samples_per_s"] > 0
+        assert row["gain"] == row["separate_steps_s"] / row["fused_step_s"]
+        assert row["rounds"] >= 1, members
