@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray import tune
@@ -212,12 +211,9 @@ def run_group(config: dict[str, Any]) -> None:
             tracker.log_epoch(metrics, step=int(metrics["epoch"]))
         return tracker
 
-    # Each tracker finds or creates its run with a few requests: all at once.
-    active = trainer.active
-    with ThreadPoolExecutor(max_workers=len(active)) as pool:
-        trackers: dict[int, TrialTracker] = dict(
-            zip(active, pool.map(open_run, active), strict=True)
-        )
+    # One after the other: a few requests each (threads only contend for a local
+    # sqlite store's lock: 0.7 s against 0.1 s for five runs).
+    trackers: dict[int, TrialTracker] = {k: open_run(k) for k in trainer.active}
     policy = CheckpointPolicy(sweep.get("checkpoint_every"), sweep.get("checkpoint_every_s"))
     report = _ReportGroupToTune(
         trackers,
