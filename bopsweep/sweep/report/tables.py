@@ -123,7 +123,7 @@ def leaderboard_table_json(outcome: SweepOutcome, keys: Sequence[str] | None = N
 def leaderboard_records(outcome: SweepOutcome, keys: Sequence[str] | None = None) -> list[dict]:
     """The leaderboard as one JSON object per trial, best first (``--json``)."""
     keys = _keys(outcome, keys)
-    names = columns(outcome.metric, keys)
+    names = columns(outcome.metric, keys, extra_metrics(outcome))
     return [
         {
             name: None if _is_nan(value) else value
