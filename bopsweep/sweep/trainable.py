@@ -38,7 +38,7 @@ from ray import tune
 
 from bopsweep.config import TrainConfig
 from bopsweep.errors import TrainingDiverged, UserError
-from bopsweep.sweep import datacache
+from bopsweep.sweep import datacache, tracking
 from bopsweep.sweep.mlflow_client import flatten
 from bopsweep.sweep.ray_backend import TIMING_PREFIX, USER_ERROR_KEY
 from bopsweep.sweep.tracking import TrialTracker
@@ -188,16 +188,19 @@ def run_trial(config: dict[str, Any]) -> None:
             **{f"swept.{k}": str(v) for k, v in trial["swept"].items()},
             **_placement_tags(),
             "bopsweep.dataset_copy": "node (Ray object store)" if data else "trial",
+            **tracking.trial_tags(sweep),
         },
         params=flatten(resolved),
         drain_timeout_s=float(sweep.get("drain_timeout_s", 120.0)),
+        **tracking.trial_options(sweep, train_config.dataset, train_config.data_dir, trainer.data),
     )
     # Epochs a crash left in the tracker's queue are sent again from the checkpoint's
     # history; the steps the run already holds are skipped.
     for metrics in trainer.history:
         tracker.log_epoch(metrics, step=int(metrics["epoch"]))
     policy = CheckpointPolicy(sweep.get("checkpoint_every"), sweep.get("checkpoint_every_s"))
-    callbacks: list[Callback] = [_ReportToTune(tracker, policy, timings)]
+    models = tracking.ModelKeeper(tracker, sweep.get("models", ()))
+    callbacks: list[Callback] = [_ReportToTune(tracker, policy, timings), models]
     callbacks += extra_callbacks(trial["index"])
     timings["setup_s"] = time.perf_counter() - entered
     try:
@@ -222,6 +225,7 @@ def run_trial(config: dict[str, Any]) -> None:
         tracker.flush(timeout_s=10)
         tracker.close()
         raise
+    models.log(trainer)  # sent by the tracker's sender, before the run is marked
     if not tracker.finish("FINISHED"):
         # Shown in the trial's log; the driver reports the missing epochs.
         print(
