@@ -239,10 +239,17 @@ class TrialTracker:
         self._monitor = monitor
 
     def _stop_system_metrics(self) -> None:
-        if self._monitor is not None:
-            with contextlib.suppress(Exception):
-                self._monitor.finish()
-            self._monitor = None
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        with contextlib.suppress(Exception):
+            monitor.finish()
+            if getattr(monitor, "_logging_step", 1) == 0:
+                # A run shorter than one interval: MLflow's monitor logged nothing;
+                # one sample (since the monitor started) is better than none.
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
 
     def _has_work(self) -> bool:
         return self.run_id is None or bool(self.pending or self.pending_tags or self.pending_jobs)

@@ -220,9 +220,13 @@ def run_trial(config: dict[str, Any]) -> None:
         tracker.finish("FAILED")
         raise
     except BaseException:
-        # Ray's own stop (a scheduler's early stop, Ctrl-C) arrives as SystemExit
-        # from tune.report: send what is queued; the driver settles the status.
-        tracker.flush(timeout_s=10)
+        # Ray's own stop (a scheduler's early stop or its stop at max_t, Ctrl-C)
+        # arrives as SystemExit from tune.report: send what is queued (and the models
+        # of a trial that trained to the end); the driver settles the status.
+        done = trainer.epoch >= trainer.hparams.epochs
+        if done:
+            models.log(trainer)
+        tracker.flush(timeout_s=None if done else 10)
         tracker.close()
         raise
     models.log(trainer)  # sent by the tracker's sender, before the run is marked
