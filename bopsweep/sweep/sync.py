@@ -1,8 +1,9 @@
 """``bopsweep sync NAME``: upload to MLflow what a sweep's tracking server missed.
 
-Every trial's per-epoch metrics are also in its local results (Ray's
-``result.json`` under ``<storage>/<name>/trial_NNN``). When the tracking server was
-down for longer than a trial could wait, this reads them back and sends each
+Every trial's per-epoch metrics are also in its results (Ray's ``result.json``
+under ``<storage>/<name>/trial_NNN``, a local folder or a URI such as ``s3://``).
+When the tracking server was down for longer than a trial could wait, this reads
+them back and sends each
 trial's missing epochs into its child run (found by its trial key, created if it
 never reached the server), settles every run's status, and writes the sweep's
 summary and report to the parent run. Epochs the server already holds are skipped,
@@ -12,6 +13,7 @@ so a sync can be repeated safely. No Ray instance is started.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +46,9 @@ class SyncReport:
     epochs_sent: int
 
 
-def _results(trial_dir: Path) -> list[dict]:
-    path = trial_dir / "result.json"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _results(folder: SweepFolder, trial_dir: str) -> list[dict]:
+    text = folder.read_text(f"{trial_dir}/result.json") or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _epoch_metrics(row: dict) -> dict[str, float]:
@@ -85,8 +85,8 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
     wanted: dict[int, str] = {}
     errors: dict[int, str] = {}
     sent = 0
-    for trial_dir in sorted(Path(folder.path).glob("trial_*")):
-        rows = [r for r in _results(trial_dir) if "epoch" in r]
+    for trial_dir in folder.trial_dirs():
+        rows = [r for r in _results(folder, trial_dir) if "epoch" in r]
         if not rows:
             continue
         trial_cfg = rows[-1]["config"]["trial"]
@@ -114,10 +114,10 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
         tracker.close()
         if not drained:
             raise UserError(f"the tracking server at {uri} stopped answering during the sync")
-        error_file = trial_dir / "error.txt"
-        if error_file.is_file():
+        error_text = folder.read_text(f"{trial_dir}/error.txt")
+        if error_text is not None:
             wanted[trial.index] = "FAILED"
-            errors[trial.index] = error_file.read_text()[-2000:]
+            errors[trial.index] = error_text[-2000:]
         elif max(r["epoch"] for r in rows) + 1 >= hparams.epochs:
             wanted[trial.index] = "FINISHED"
         else:
@@ -128,5 +128,8 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
     mlflow_client.settle_runs(outcome, wanted, errors, (outcome.metric, *HISTORY_METRICS))
     mlflow_client.finish_parent(outcome)
     if outcome.trials:
-        render(outcome, Path(folder.path) / "report", log_to_parent=True)
+        # A URI's report goes to the parent run only (drawn in a temporary folder).
+        out_dir = folder.local / "report" if folder.local is not None else None
+        with tempfile.TemporaryDirectory(prefix=f"bopsweep-report-{name}-") as scratch:
+            render(outcome, out_dir or Path(scratch), log_to_parent=True)
     return SyncReport(outcome, sent)
