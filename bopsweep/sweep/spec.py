@@ -121,7 +121,7 @@ class TrackingSpec(_Strict):
         None, description="register the best trial's model under this name in the registry"
     )
     system_metrics_s: float | None = Field(
-        1.0, gt=0, description="MLflow system metrics (CPU, memory, GPU) every N s; null: off"
+        5.0, gt=0, description="MLflow system metrics (CPU, memory, GPU) every N s; null: off"
     )
 
     @model_validator(mode="after")
