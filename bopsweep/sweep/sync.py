@@ -26,7 +26,7 @@ from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
 from bopsweep.sweep.ray_backend import TIMING_PREFIX, USER_ERROR_KEY
 from bopsweep.sweep.spec import SweepSpec, Trial
 from bopsweep.sweep.state import STATE_FILE, SweepFolder
-from bopsweep.sweep.tracking import TrialTracker
+from bopsweep.sweep.tracking import TrialTracker, summary_modes
 
 # What Ray adds to every reported result; the rest are bopsweep's own metrics.
 RAY_RESULT_KEYS = {
@@ -104,6 +104,7 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
             trial.name,
             tags={f"swept.{k}": str(v) for k, v in trial.swept.items()},
             params=mlflow_client.flatten({**train.model_dump(), "hparams": hparams.model_dump()}),
+            summary=summary_modes(spec.metric.name, spec.metric.mode),
         )
         for row in sorted(rows, key=lambda r: r["epoch"]):
             if row["epoch"] <= tracker.last_step:
