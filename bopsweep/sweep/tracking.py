@@ -521,27 +521,26 @@ def trial_tags(sweep: Mapping[str, Any]) -> dict[str, str]:
 
 
 class ModelKeeper:
-    """A training callback that logs the trial's models as MLflow models: ``final``
-    (the model after the last epoch) and ``best`` (a copy of the weights of the epoch
-    with the best value of the sweep's metric, kept in memory; a trial resumed after a
-    crash keeps the best of the epochs since it resumed)."""
+    """Logs the trial's models as MLflow models: ``final`` (the model after the last
+    epoch) and ``best`` (a copy of the weights of the epoch with the best value of the
+    sweep's metric, kept in memory; a trial resumed after a crash keeps the best of
+    the epochs since it resumed). Called after each epoch is queued, so the models
+    are queued after the last epoch and sent before the trial's last report."""
 
     def __init__(self, tracker: TrialTracker, kinds) -> None:
         self.tracker = tracker
         self.kinds = set(kinds)
         self.best_state: dict | None = None
 
-    def on_train_start(self, trainer) -> None: ...
-
-    def on_batch_end(self, trainer, step: int) -> None: ...
-
-    def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
+    def after_epoch(self, trainer, last: bool) -> None:
         if "best" in self.kinds and self.tracker.improved:
             state = trainer.model.state_dict()
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        if last:
+            self.log(trainer)
 
     def log(self, trainer) -> None:
-        """Queue the models for the tracker's sender (call after training)."""
+        """Queue the models for the tracker's sender."""
         if not self.kinds:
             return
         import copy

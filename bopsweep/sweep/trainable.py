@@ -91,18 +91,27 @@ class CheckpointPolicy:
 
 
 class _ReportToTune(Callback):
-    def __init__(self, tracker: TrialTracker, policy: CheckpointPolicy, timings: dict) -> None:
+    def __init__(
+        self,
+        tracker: TrialTracker,
+        policy: CheckpointPolicy,
+        timings: dict,
+        models: tracking.ModelKeeper,
+    ) -> None:
         self.tracker = tracker
         self.policy = policy
         self.timings = timings
+        self.models = models
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         # Queued for the tracker's sender thread; the epoch does not wait for it.
         self.tracker.log_epoch(metrics, step=int(metrics["epoch"]))
         self.timings["train_s"] += float(metrics.get("epoch_time_s", 0.0))
         last = trainer.epoch >= trainer.hparams.epochs
+        self.models.after_epoch(trainer, last)
         if last:
-            # Sent before the last report, so that Ray's record of the trial
+            # Sent (models included) before the last report, which Ray's scheduler
+            # may answer by stopping the trial, and so that Ray's record of the trial
             # includes the wait for the tracking server.
             started = time.perf_counter()
             self.tracker.flush()
@@ -200,7 +209,7 @@ def run_trial(config: dict[str, Any]) -> None:
         tracker.log_epoch(metrics, step=int(metrics["epoch"]))
     policy = CheckpointPolicy(sweep.get("checkpoint_every"), sweep.get("checkpoint_every_s"))
     models = tracking.ModelKeeper(tracker, sweep.get("models", ()))
-    callbacks: list[Callback] = [_ReportToTune(tracker, policy, timings), models]
+    callbacks: list[Callback] = [_ReportToTune(tracker, policy, timings, models)]
     callbacks += extra_callbacks(trial["index"])
     timings["setup_s"] = time.perf_counter() - entered
     try:
@@ -220,16 +229,11 @@ def run_trial(config: dict[str, Any]) -> None:
         tracker.finish("FAILED")
         raise
     except BaseException:
-        # Ray's own stop (a scheduler's early stop or its stop at max_t, Ctrl-C)
-        # arrives as SystemExit from tune.report: send what is queued (and the models
-        # of a trial that trained to the end); the driver settles the status.
-        done = trainer.epoch >= trainer.hparams.epochs
-        if done:
-            models.log(trainer)
-        tracker.flush(timeout_s=None if done else 10)
+        # Ray's own stop (a scheduler's early stop, Ctrl-C) arrives as SystemExit
+        # from tune.report: send what is queued; the driver settles the status.
+        tracker.flush(timeout_s=10)
         tracker.close()
         raise
-    models.log(trainer)  # sent by the tracker's sender, before the run is marked
     if not tracker.finish("FINISHED"):
         # Shown in the trial's log; the driver reports the missing epochs.
         print(

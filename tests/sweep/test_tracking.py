@@ -125,7 +125,7 @@ def test_final_and_best_models_are_mlflow_models(shared_store, tmp_path, monkeyp
     import torch
 
     from bopsweep.config import TrainConfig
-    from bopsweep.train import Trainer
+    from bopsweep.train import Callback, Trainer
 
     monkeypatch.chdir(tmp_path)  # MLflow's local artifact store goes here
     exp_id, parent = _parent(store)
@@ -135,17 +135,14 @@ def test_final_and_best_models_are_mlflow_models(shared_store, tmp_path, monkeyp
     trainer = Trainer(config)
     tracker = tracking.TrialTracker(store, exp_id, parent, 0, "t0")
 
-    class Log:
-        def on_train_start(self, trainer): ...
+    keeper = tracking.ModelKeeper(tracker, ["final", "best"])
 
-        def on_batch_end(self, trainer, step): ...
-
+    class Log(Callback):
         def on_epoch_end(self, trainer, metrics):
             tracker.log_epoch(metrics, step=int(metrics["epoch"]))
+            keeper.after_epoch(trainer, trainer.epoch >= trainer.hparams.epochs)
 
-    keeper = tracking.ModelKeeper(tracker, ["final", "best"])
-    trainer.fit([Log(), keeper])
-    keeper.log(trainer)
+    trainer.fit([Log()])
     assert tracker.finish("FINISHED"), tracker.job_errors
     run = mlflow_client.client(store).get_run(tracker.run_id)
     x, _ = next(iter(trainer.batches.val()))
