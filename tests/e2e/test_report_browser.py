@@ -144,11 +144,10 @@ def _shot(page, path: Path, full_page: bool = False) -> None:
 
 
 def _check_ui(page, uri: str, exp_id: str, parent_id: str, printed: str, shots: Path) -> None:
-    # The link `bopsweep run` printed opens the runs table ("Model training" view,
-    # chosen by the experiment's mlflow.experimentKind tag), not the GenAI overview:
-    # the parent run, then its trials, which the table nests under the parent until
-    # the row is expanded.
-    assert printed == f"{uri}/#/experiments/{exp_id}"
+    # The link `bopsweep run` printed opens the runs table ("Model training" view),
+    # not MLflow 3's GenAI overview: the parent run, then its trials, which the
+    # table nests under the parent until the row is expanded.
+    assert printed == f"{uri}/#/experiments/{exp_id}?workflowType=machine_learning"
     page.goto(printed, wait_until="domcontentloaded")
     parent_cell = page.get_by_role("gridcell").filter(
         has=page.get_by_role("link", name="quickstart", exact=True)
