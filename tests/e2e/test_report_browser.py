@@ -159,8 +159,8 @@ def _check_ui(page, uri: str, exp_id: str, parent_id: str, printed: str, shots: 
         parent_cell.first.get_by_role("button").first.click()  # the expand (+) button
     for name in TRIALS:
         page.get_by_role("link", name=name, exact=True).wait_for()
-    # The trials' summary metrics are columns of the table.
-    page.get_by_text("best_val_accuracy").first.wait_for()
+    # Each trial's dataset input is in the table's Dataset column.
+    page.get_by_text(re.compile(r"^digits \([0-9a-f]{8}\)$")).first.wait_for()
     _shot(page, shots / "1_runs_table.png")
 
     # The parent run's page, by its link in the table.
