@@ -29,7 +29,7 @@ from ray import tune
 
 from bopsweep.config import TrainConfig
 from bopsweep.errors import UserError
-from bopsweep.sweep import datacache
+from bopsweep.sweep import datacache, tracking
 from bopsweep.sweep.ray_backend import MEMBER_ERROR_KEY, MEMBER_STATUS_KEY, USER_ERROR_KEY
 from bopsweep.sweep.tracking import TrialTracker
 from bopsweep.sweep.trainable import (
@@ -206,7 +206,10 @@ def run_group(config: dict[str, Any]) -> None:
             "precision": trainer.precision,
             "hparams": trainer.hparams[k].model_dump(),
         }
-        tracker = _tracker(sweep, members[k], resolved, tags)
+        options = tracking.trial_options(
+            sweep, configs[k].dataset, configs[k].data_dir, trainer.data
+        )
+        tracker = _tracker(sweep, members[k], resolved, tags, options)
         for metrics in trainer.histories[k]:
             tracker.log_epoch(metrics, step=int(metrics["epoch"]))
         return tracker

@@ -11,6 +11,7 @@ MLflow itself is imported only when a function needs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -26,10 +27,50 @@ TRIAL_KEY_TAG = "bopsweep.trial_key"
 SWEEP_TAG = "bopsweep.sweep"
 ROLE_TAG = "bopsweep.role"
 SWEPT_PREFIX = "swept."
+# MLflow 3's UI opens an experiment on the view its kind names; one without the tag
+# opens on the GenAI overview of traces, where a sweep's runs are not shown.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # MLflow reads credentials from these; they travel to Ray workers only as runtime
 # environment variables, never in configs, params or command lines.
 CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# Every other setting of MLflow's client, its auth plugins and artifact stores that a
+# trial on another node needs to log as the driver does: TLS, auth plugins, request
+# behaviour, S3 / GCS / Azure endpoints and credentials, proxies, system metrics.
+FORWARDED_VARS = (
+    *CREDENTIAL_VARS,
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+    "MLFLOW_TRACKING_AUTH",
+    "MLFLOW_TRACKING_AWS_SIGV4",
+    "MLFLOW_WORKSPACE",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_S3_IGNORE_TLS",
+    "MLFLOW_S3_UPLOAD_EXTRA_ARGS",
+    "MLFLOW_ARTIFACT_UPLOAD_DOWNLOAD_TIMEOUT",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD",
+    "MLFLOW_GCS_UPLOAD_CHUNK_SIZE",
+    "MLFLOW_GCS_DOWNLOAD_CHUNK_SIZE",
+    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",
+    "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_CA_BUNDLE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+)
 
 
 # ------------------------------------------------------------------------ URIs
@@ -61,17 +102,24 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def credential_env() -> dict[str, str]:
-    """The MLflow credentials this process uses, as environment variables: from the
+    """The MLflow and artifact-store settings this process uses (:data:`FORWARDED_VARS`),
+    as environment variables for remote trials; MLflow's credentials come from the
     environment, or else from MLflow's credentials file (``~/.mlflow/credentials``),
     which other machines of a cluster do not have."""
     from mlflow.utils.credentials import read_mlflow_creds
 
-    env = {k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)}
+    env = {k: os.environ[k] for k in FORWARDED_VARS if os.environ.get(k)}
     creds = read_mlflow_creds()
     if creds.username and creds.password and "MLFLOW_TRACKING_TOKEN" not in env:
         env["MLFLOW_TRACKING_USERNAME"] = creds.username
         env["MLFLOW_TRACKING_PASSWORD"] = creds.password
     return env
+
+
+def forwarded_names() -> str:
+    """The names (never the values) of the forwarded settings this process has, for a
+    run tag that shows what reached a trial."""
+    return ",".join(k for k in FORWARDED_VARS if os.environ.get(k))
 
 
 # ---------------------------------------------------------------------- client
@@ -154,13 +202,42 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def git_commit() -> str | None:
+def git_commit(folder: Path | None = None) -> str | None:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            cwd=folder,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def source_tags(spec_path: Path) -> dict[str, str]:
+    """MLflow's standard source tags for a sweep's runs, as the driver sees them (a
+    trial's worker would name Ray's worker script and its own user): who ran it,
+    the spec as the source, and the commit of the git checkout holding the spec."""
+    import getpass
+
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_COMMIT,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
+        MLFLOW_USER,
+    )
+
+    spec_path = spec_path.expanduser().resolve()
+    as_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+    tags = {MLFLOW_SOURCE_NAME: str(spec_path), MLFLOW_SOURCE_TYPE: "JOB" if as_job else "LOCAL"}
+    with contextlib.suppress(KeyError, OSError):  # no name for this uid (some containers)
+        tags[MLFLOW_USER] = getpass.getuser()
+    commit = git_commit(spec_path.parent)
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
 
 
 def parse_tag_value(text: str) -> Any:
@@ -195,14 +272,18 @@ def log_params(mlflow_client, run_id: str, values: Mapping[str, Any]) -> None:
 
 # ------------------------------------------------------------------ parent run
 def experiment_id(mlflow_client, name: str) -> str:
+    """The experiment's id, created if new; it gets the training-runs kind unless it
+    already has a kind (one a user chose stays)."""
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise UserError(
-                f"MLflow experiment {name!r} is deleted: restore it or pick another name"
-            )
-        return experiment.experiment_id
-    return mlflow_client.create_experiment(name)
+    if experiment is None:
+        return mlflow_client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if experiment.lifecycle_stage == "deleted":
+        raise UserError(f"MLflow experiment {name!r} is deleted: restore it or pick another name")
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow_client.set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        )
+    return experiment.experiment_id
 
 
 def start_parent_run(
@@ -227,11 +308,15 @@ def start_parent_run(
     return exp_id, run_id
 
 
+STOPPED_EARLY_TAG = "bopsweep.stopped_early"
+
+
 def settle_runs(
     outcome: SweepOutcome,
     wanted: Mapping[int, str],
     errors: Mapping[int, str],
     metrics: Iterable[str],
+    stopped_early: Iterable[int] = (),
 ) -> None:
     """Give every trial's child run its final status and read the trials back.
 
@@ -239,9 +324,11 @@ def settle_runs(
     gets it (it was stopped by a scheduler, killed or interrupted: never left
     RUNNING), a run the trial already ended keeps its own verdict unless the driver
     saw it fail. ``outcome.trials`` becomes the trials with the histories of
-    ``metrics``.
+    ``metrics``. Runs of ``stopped_early`` trials (ended by the scheduler before
+    their last epoch) are tagged ``bopsweep.stopped_early=true``.
     """
     mlflow_client = client(outcome.tracking_uri)
+    stopped_early = set(stopped_early)
     runs = {
         t.index: t
         for t in load_trials(mlflow_client, outcome.experiment_id, outcome.parent_run_id, metrics)
@@ -254,11 +341,34 @@ def settle_runs(
             mlflow_client.set_terminated(trial.run_id, status)
         elif trial.run_id is not None and trial.status in TERMINAL_STATUSES:
             status = trial.status if status == "FINISHED" else status
+        if trial.run_id is not None and planned.index in stopped_early:
+            mlflow_client.set_tag(trial.run_id, STOPPED_EARLY_TAG, "true")
         trial.status = status
         trial.epochs_total = planned.epochs_total
         trial.error = errors.get(planned.index) or trial.error
         settled.append(trial)
     outcome.trials = settled
+
+
+MODEL_TAG_PREFIX = "bopsweep.model."
+
+
+def register_best_model(outcome: SweepOutcome, name: str) -> str | None:
+    """Register the best trial's logged model (its best, else its final) as a new
+    version of the registered model ``name``; returns the version, or None when the
+    best trial logged no model."""
+    import mlflow
+
+    best = outcome.best
+    if best is None or best.run_id is None:
+        return None
+    tags = client(outcome.tracking_uri).get_run(best.run_id).data.tags
+    uri = tags.get(f"{MODEL_TAG_PREFIX}best_model") or tags.get(f"{MODEL_TAG_PREFIX}final_model")
+    if uri is None:
+        return None
+    mlflow.set_tracking_uri(outcome.tracking_uri)
+    version = mlflow.register_model(uri, name, tags={"bopsweep.sweep": outcome.name})
+    return str(version.version)
 
 
 def finish_parent(outcome: SweepOutcome) -> None:

@@ -163,6 +163,11 @@ class SweepOutcome:
         return self.run_link(self.parent_run_id)
 
     def experiment_url(self) -> str | None:
+        """The experiment's runs table. Newer MLflow 3 UIs pick the view from their
+        GenAI / model-training switch (``workflowType``, GenAI unless chosen), older
+        ones from the experiment's ``mlflow.experimentKind`` tag: the link sets the
+        first, bopsweep's experiments carry the second."""
         if self.is_server:
-            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}"
+            base = self.tracking_uri.rstrip("/")
+            return f"{base}/#/experiments/{self.experiment_id}?workflowType=machine_learning"
         return None

@@ -190,9 +190,7 @@ def open_parent_run(plan: SweepPlan) -> SweepOutcome:
             "bopsweep.version": __version__,
             "mlflow.note.content": spec.description,
         }
-        commit = mlflow_client.git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
+        tags.update(mlflow_client.source_tags(plan.loaded.path))
         resolved_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
         exp_id, parent_id = mlflow_client.start_parent_run(
             uri,
@@ -259,10 +257,14 @@ def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timel
         "cpus_per_trial": spec.resources.cpu,
         # Fused groups stop members at ASHA's rungs themselves (fused_trial.py).
         "scheduler": None if spec.stopping is None else spec.stopping.model_dump(),
-        "metric": spec.metric.name,
-        "mode": spec.metric.mode,
         # How long a finished trial keeps retrying an unreachable tracking server.
         "drain_timeout_s": float(os.environ.get("BOPSWEEP_TRACKING_DRAIN_S", "120")),
+        # What each child run gets besides its epochs (see tracking.py).
+        "metric": spec.metric.name,
+        "mode": spec.metric.mode,
+        "models": list(spec.tracking.models),
+        "system_metrics_s": spec.tracking.system_metrics_s,
+        "run_tags": mlflow_client.source_tags(plan.loaded.path),
     }
     if plan.resume.resuming:
         tuner = ray_backend.restore_tuner(spec, plan.folder.path, configs, sweep_cfg)
@@ -352,11 +354,21 @@ def settle(
         return status
 
     wanted = {t.index: ray_status(t.index) for t in outcome.trials}
+    # Ended by the scheduler (Ray's TERMINATED) before their last epoch.
+    stopped_early = {
+        i
+        for i, status in statuses.items()
+        if status == "TERMINATED"
+        and not outcome.stopped
+        and int(last_results.get(i, {}).get("epoch", -1)) + 1 < (planned.get(i) or 0)
+    }
     try:
         from bopsweep.sweep.report import HISTORY_METRICS
 
         metrics = (outcome.metric, *HISTORY_METRICS)
-        mlflow_client.settle_runs(outcome, wanted, {**errors, **user_errors}, metrics)
+        mlflow_client.settle_runs(
+            outcome, wanted, {**errors, **user_errors}, metrics, stopped_early
+        )
         if outcome.ended_early:
             # Trials the sweep's end left unstarted were never run: not trials at all.
             outcome.trials = [t for t in outcome.trials if t.run_id is not None]
@@ -370,6 +382,8 @@ def settle(
                 "epochs from where they ran"
             )
         mlflow_client.finish_parent(outcome)
+        if plan.spec.tracking.register_model:
+            mlflow_client.register_best_model(outcome, plan.spec.tracking.register_model)
     except mlflow_client.unreachable_errors() as error:
         # Nothing is lost: every epoch is in the trials' local results.
         outcome.tracking_error = f"{type(error).__name__}: {str(error)[:300]}"

@@ -244,6 +244,22 @@ class ResourcesSpec(_Strict):
 class TrackingSpec(_Strict):
     experiment: str | None = Field(None, description="MLflow experiment; default: the name")
     uri: str | None = None
+    models: list[Literal["final", "best"]] = Field(
+        default_factory=list,
+        description="each trial's models logged as MLflow models (final, best); none by default",
+    )
+    register_model: str | None = Field(
+        None, description="register the best trial's model under this name in the registry"
+    )
+    system_metrics_s: float | None = Field(
+        5.0, gt=0, description="MLflow system metrics (CPU, memory, GPU) every N s; null: off"
+    )
+
+    @model_validator(mode="after")
+    def _register_needs_models(self) -> TrackingSpec:
+        if self.register_model and not self.models:
+            raise ValueError("register_model needs models: [final] or [best] to register")
+        return self
 
 
 class CheckpointSpec(_Strict):

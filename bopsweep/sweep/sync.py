@@ -1,9 +1,9 @@
 """``bopsweep sync NAME``: upload to MLflow what a sweep's tracking server missed.
 
-Every trial's per-epoch metrics are also in its local results (Ray's
-``result.json`` under ``<storage>/<name>/trial_NNN``, or a fused group's
-``fused_NNN``, whose rows hold each member's epoch). When the tracking server was
-down for longer than a trial could wait, this reads them back and sends each
+Every trial's per-epoch metrics are also in its results (Ray's ``result.json``
+under ``<storage>/<name>/trial_NNN``, or a fused group's ``fused_NNN`` whose rows hold
+each member's epoch; a local folder or a URI such as ``s3://``). When the tracking
+server was down for longer than a trial could wait, this reads them back and sends each
 trial's missing epochs into its child run (found by its trial key, created if it
 never reached the server), settles every run's status, and writes the sweep's
 summary and report to the parent run. Epochs the server already holds are skipped,
@@ -13,6 +13,7 @@ so a sync can be repeated safely. No Ray instance is started.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from bopsweep.sweep.ray_backend import (
 )
 from bopsweep.sweep.spec import SweepSpec, Trial
 from bopsweep.sweep.state import STATE_FILE, SweepFolder
-from bopsweep.sweep.tracking import TrialTracker
+from bopsweep.sweep.tracking import TrialTracker, summary_modes
 
 # What Ray adds to every reported result; the rest are bopsweep's own metrics.
 RAY_RESULT_KEYS = {
@@ -50,25 +51,21 @@ class SyncReport:
     epochs_sent: int
 
 
-def _results(trial_dir: Path) -> list[dict]:
-    path = trial_dir / "result.json"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _results(folder: SweepFolder, trial_dir: str) -> list[dict]:
+    text = folder.read_text(f"{trial_dir}/result.json") or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _trial_results(folder: Path):
+def _trial_results(folder: SweepFolder):
     """``(trial config, epoch rows, error text, own status)`` of every trial: a Ray
     trial's, or each member's of a fused group (its part of the group's rows)."""
-    for trial_dir in sorted(folder.glob("*_*")):
-        if not trial_dir.name.startswith(("trial_", "fused_")):
-            continue
-        rows = _results(trial_dir)
+    for trial_dir in folder.trial_dirs():
+        rows = _results(folder, trial_dir)
         if not rows:
             continue
         config = rows[-1]["config"]["trial"]
-        error_file = trial_dir / "error.txt"
-        error = error_file.read_text()[-2000:] if error_file.is_file() else None
+        error = folder.read_text(f"{trial_dir}/error.txt")
+        error = error[-2000:] if error is not None else None
         if "members" not in config:
             yield config, [r for r in rows if "epoch" in r], error, None
             continue
@@ -120,7 +117,7 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
     wanted: dict[int, str] = {}
     errors: dict[int, str] = {}
     sent = 0
-    for trial_cfg, rows, error, own_status in _trial_results(Path(folder.path)):
+    for trial_cfg, rows, error, own_status in _trial_results(folder):
         if not rows:
             continue
         train = TrainConfig.model_validate(trial_cfg["train"])
@@ -137,6 +134,7 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
             trial.name,
             tags={f"swept.{k}": str(v) for k, v in trial.swept.items()},
             params=mlflow_client.flatten({**train.model_dump(), "hparams": hparams.model_dump()}),
+            summary=summary_modes(spec.metric.name, spec.metric.mode),
         )
         for row in sorted(rows, key=lambda r: r["epoch"]):
             if row["epoch"] <= tracker.last_step:
@@ -162,5 +160,8 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
     mlflow_client.settle_runs(outcome, wanted, errors, (outcome.metric, *HISTORY_METRICS))
     mlflow_client.finish_parent(outcome)
     if outcome.trials:
-        render(outcome, Path(folder.path) / "report", log_to_parent=True)
+        # A URI's report goes to the parent run only (drawn in a temporary folder).
+        out_dir = folder.local / "report" if folder.local is not None else None
+        with tempfile.TemporaryDirectory(prefix=f"bopsweep-report-{name}-") as scratch:
+            render(outcome, out_dir or Path(scratch), log_to_parent=True)
     return SyncReport(outcome, sent)

@@ -9,26 +9,60 @@ that it can be repeated safely:
 * epochs are sent in ``log_batch`` requests (never one request per metric) by a
   background thread, so training never waits on the server, and steps the run
   already holds are skipped, so no metric step is logged twice.
+
+Besides the epochs, the run gets what MLflow's users look for: ``best_<metric>``
+summary metrics (the runs table sorts by them), the dataset as an MLflow input,
+MLflow's source/user/git tags (from the driver), MLflow's system metrics (CPU,
+memory, GPU) and the trial's models as MLflow models, all written by the same
+sender thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from bopsweep.sweep.mlflow_client import (
+    MODEL_TAG_PREFIX,
     PARENT_TAG,
     ROLE_TAG,
     TRIAL_KEY_TAG,
     client,
+    forwarded_names,
     is_auth_error,
     log_params,
     trial_key,
     unreachable_errors,
 )
+
+# Summary metrics: ``best_<name>`` of each, logged with every epoch, so the runs
+# table shows (and sorts by) the best so far; the sweep's own metric is added.
+SUMMARY_MODES = {
+    "val_accuracy": "max",
+    "train_accuracy": "max",
+    "val_loss": "min",
+    "train_loss": "min",
+}
+# Which of a trial's models are logged as MLflow models, by the names users type.
+MODEL_CHOICES = ("final", "best")
+# What an MLflow model of a trial needs to be loaded elsewhere: torch only (the
+# model's classes are plain torch modules once pickled); given, so that MLflow does
+# not infer them by importing the model in a subprocess (seconds per model).
+MODEL_REQUIREMENTS_PACKAGES = ("torch", "bopsweep")
+
+
+def summary_modes(metric: str, mode: str) -> dict[str, str]:
+    return {**SUMMARY_MODES, metric: mode}
+
+
+def _better(mode: str, value: float, best: float | None) -> bool:
+    return best is None or (value > best if mode == "max" else value < best)
 
 
 class TrialTracker:
@@ -66,6 +100,9 @@ class TrialTracker:
         max_backoff_s: float = 60.0,
         drain_timeout_s: float = 120.0,
         send_interval_s: float = 1.0,
+        summary: Mapping[str, str] | None = None,
+        dataset: Callable[[], Any] | None = None,
+        system_metrics_s: float | None = None,
     ) -> None:
         self.uri = uri
         self.exp_id = exp_id
@@ -80,6 +117,17 @@ class TrialTracker:
         self.resumed = False
         self.pending: deque[tuple[int, list]] = deque()
         self.pending_tags: dict[str, str] = {}
+        # name -> mode of the summary metrics; the first is the sweep's metric.
+        self.summary = dict(summary or SUMMARY_MODES)
+        self.best: dict[str, float] = {}
+        self.improved = False  # the last epoch improved the sweep's metric
+        # Builds the run's dataset input (an mlflow.data Dataset), in the sender.
+        self.dataset = dataset
+        self.system_metrics_s = system_metrics_s
+        self._monitor = None
+        # Model logging jobs, run by the sender after the epochs queued before them.
+        self.pending_jobs: deque[tuple[str, Callable[[], None]]] = deque()
+        self.job_errors: list[str] = []
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.drain_timeout_s = drain_timeout_s
@@ -150,12 +198,61 @@ class TrialTracker:
         run_id = run.info.run_id
         if self.params and not run.data.params:
             log_params(self.client, run_id, self.params)
+        if self.dataset is not None and not (run.inputs and run.inputs.dataset_inputs):
+            self._log_dataset(run_id)
         self.run_id = run_id
+        self._start_system_metrics()
         with self._state:
             self.pending_tags = {**self.tags, **self.pending_tags}
 
+    def _log_dataset(self, run_id: str) -> None:
+        from mlflow.entities import DatasetInput, InputTag
+
+        try:
+            dataset = self.dataset()._to_mlflow_entity()
+        except Exception as error:  # informative only: never stops the trial
+            self.pending_tags["bopsweep.dataset_error"] = f"{type(error).__name__}: {error}"
+            return
+        context = InputTag("mlflow.data.context", "training")
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
+
+    def _start_system_metrics(self) -> None:
+        """MLflow's own monitor (CPU, memory, disk, network; GPUs through nvidia-ml-py
+        when installed): a thread sampling every ``system_metrics_s`` seconds that
+        logs into this run."""
+        if self.system_metrics_s is None or self._monitor is not None:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=self.system_metrics_s,
+                samples_before_logging=1,
+                resume_logging=self.resumed,
+                tracking_uri=self.uri,
+            )
+            monitor.start()
+        except Exception as error:  # psutil missing, an old MLflow: no system metrics
+            self.pending_tags["bopsweep.system_metrics_error"] = f"{type(error).__name__}: {error}"
+            return
+        self._monitor = monitor
+
+    def _stop_system_metrics(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        with contextlib.suppress(Exception):
+            monitor.finish()
+            if getattr(monitor, "_logging_step", 1) == 0:
+                # A run shorter than one interval: MLflow's monitor logged nothing;
+                # one sample (since the monitor started) is better than none.
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+
     def _has_work(self) -> bool:
-        return self.run_id is None or bool(self.pending or self.pending_tags)
+        return self.run_id is None or bool(self.pending or self.pending_tags or self.pending_jobs)
 
     def _send(self) -> None:
         from mlflow.entities import RunTag
@@ -174,6 +271,7 @@ class TrialTracker:
             with self._state:
                 queued = list(self.pending)
             if not queued:
+                self._run_jobs()
                 return
             # Every queued epoch in one request, up to log_batch's 1000 metrics (an
             # epoch has a few dozen); steps the run already holds are left out.
@@ -192,6 +290,26 @@ class TrialTracker:
             with self._state:
                 for _ in range(taken):
                     self.pending.popleft()
+                self._state.notify_all()
+
+    def _run_jobs(self) -> None:
+        """Model logging, one job at a time; a job that fails for a reason other
+        than the server is recorded on the run and dropped (the trial goes on)."""
+        while True:
+            with self._state:
+                if not self.pending_jobs:
+                    return
+                name, job = self.pending_jobs[0]
+            try:
+                job()
+            except unreachable_errors():
+                raise  # retried by the sender's backoff
+            except Exception as error:
+                self.job_errors.append(f"{name}: {type(error).__name__}: {error}")
+                with self._state:
+                    self.pending_tags[f"bopsweep.{name}_error"] = str(error)[:500]
+            with self._state:
+                self.pending_jobs.popleft()
                 self._state.notify_all()
 
     def _send_loop(self) -> None:
@@ -237,11 +355,35 @@ class TrialTracker:
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.improved = False
+        for position, (name, mode) in enumerate(self.summary.items()):
+            value = metrics.get(name)
+            if value is None or not math.isfinite(value):
+                continue
+            if _better(mode, float(value), self.best.get(name)):
+                self.best[name] = float(value)
+                self.improved = self.improved or position == 0
+            batch.append(Metric(f"best_{name}", self.best[name], now, step))
         with self._state:
             self.pending.append((step, batch))
             # Wake the sender only when it sleeps for want of work: waking it at
             # every epoch while it waits out its interval takes the GIL from
             # training for nothing.
+            if self._idle:
+                self._state.notify_all()
+
+    def log_model(self, model, name: str, example, registered_name: str | None = None) -> None:
+        """Queue ``model`` (a torch module, not trained further) as the MLflow model
+        ``name`` of the run, with a signature and input example from ``example`` (a
+        batch of inputs); registered as ``registered_name`` when given."""
+
+        def job() -> None:
+            info = log_pytorch_model(self.uri, self.run_id, model, name, example, registered_name)
+            with self._state:  # where the driver finds it to register the best trial's
+                self.pending_tags[f"{MODEL_TAG_PREFIX}{name}"] = info.model_uri
+
+        with self._state:
+            self.pending_jobs.append((name, job))
             if self._idle:
                 self._state.notify_all()
 
@@ -270,6 +412,7 @@ class TrialTracker:
             self._closed = True
             self._state.notify_all()
         self._sender.join(timeout=15)
+        self._stop_system_metrics()
 
     def finish(self, status: str = "FINISHED") -> bool:
         """Send what is queued, then mark the run; False if the server never answered."""
@@ -283,3 +426,131 @@ class TrialTracker:
                 return False
             time.sleep(min(max(self._next_try - time.monotonic(), 0.0), 5.0))
         return True
+
+
+# ---------------------------------------------------------------- run contents
+def log_pytorch_model(
+    uri: str, run_id: str, model, name: str, example, registered_name: str | None = None
+):
+    """``model`` as an MLflow model of the run: signature and input example from a
+    few rows of ``example``, requirements given (not inferred)."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    rows = example[:2].detach().cpu()
+    model = model.eval()
+    with torch.no_grad():
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        output = model(rows.to(device)).float().cpu()
+    signature = infer_signature(rows.numpy(), output.numpy())
+    mlflow.set_tracking_uri(uri)
+    return mlflow.pytorch.log_model(
+        model,
+        name=name,
+        run_id=run_id,  # no active run: the run's status stays the tracker's
+        signature=signature,
+        input_example=rows.numpy(),
+        pip_requirements=model_requirements(),
+        registered_model_name=registered_name,
+        # torch.export (MLflow's default) cannot trace binarized layers' custom
+        # autograd functions; a pickled module loads wherever bopsweep is installed.
+        serialization_format="pickle",
+    )
+
+
+def model_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in MODEL_REQUIREMENTS_PACKAGES:
+        with contextlib.suppress(PackageNotFoundError):
+            pins.append(f"{package}=={version(package)}")
+    return pins
+
+
+def dataset_source(name: str, data_dir: str) -> str:
+    """Where the dataset's files are read from (digits: scikit-learn's own file)."""
+    if name == "digits":
+        import importlib.util
+
+        spec = importlib.util.find_spec("sklearn")
+        if spec is not None and spec.submodule_search_locations:
+            folder = Path(spec.submodule_search_locations[0])
+            return str(folder / "datasets" / "data" / "digits.csv.gz")
+    if name == "synthetic":
+        return "bopsweep.data.in_memory:make_synthetic"
+    return str(Path(data_dir).expanduser().resolve())
+
+
+def mlflow_dataset(name: str, data_dir: str, data) -> Any:
+    """The training data as an ``mlflow.data`` dataset: for data held in memory its
+    training split as numpy (MLflow's digest of its contents, its schema and size);
+    for image folders, their name and location."""
+    import mlflow.data
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = dataset_source(name, data_dir)
+    source_obj = CodeDatasetSource(tags={"source": source})
+    train_x = getattr(data, "train_x", None)
+    if train_x is not None:
+        return mlflow.data.from_numpy(
+            train_x.cpu().numpy(), targets=data.train_y.cpu().numpy(), source=source_obj, name=name
+        )
+    return MetaDataset(source=source_obj, name=name)
+
+
+# ------------------------------------------------------------- in the trial
+def trial_options(sweep: Mapping[str, Any], dataset: str, data_dir: str, data) -> dict[str, Any]:
+    """The tracker's settings from the sweep's config (see the runner): summary
+    metrics, the dataset input, system metrics."""
+    return {
+        "summary": summary_modes(sweep.get("metric", "val_accuracy"), sweep.get("mode", "max")),
+        "dataset": lambda: mlflow_dataset(dataset, data_dir, data),
+        "system_metrics_s": sweep.get("system_metrics_s"),
+    }
+
+
+def trial_tags(sweep: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow's source/user/git tags (resolved by the driver) and the names of the
+    MLflow and artifact-store settings that reached this trial."""
+    return {**sweep.get("run_tags", {}), "bopsweep.forwarded_env": forwarded_names()}
+
+
+class ModelKeeper:
+    """Logs the trial's models as MLflow models: ``final`` (the model after the last
+    epoch) and ``best`` (a copy of the weights of the epoch with the best value of the
+    sweep's metric, kept in memory; a trial resumed after a crash keeps the best of
+    the epochs since it resumed). Called after each epoch is queued, so the models
+    are queued after the last epoch and sent before the trial's last report."""
+
+    def __init__(self, tracker: TrialTracker, kinds) -> None:
+        self.tracker = tracker
+        self.kinds = set(kinds)
+        self.best_state: dict | None = None
+
+    def after_epoch(self, trainer, last: bool) -> None:
+        if "best" in self.kinds and self.tracker.improved:
+            state = trainer.model.state_dict()
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        if last:
+            self.log(trainer)
+
+    def log(self, trainer) -> None:
+        """Queue the models for the tracker's sender."""
+        if not self.kinds:
+            return
+        import copy
+
+        example = next(iter(trainer.batches.val()), None)
+        if example is None:
+            return
+        if "final" in self.kinds:
+            self.tracker.log_model(trainer.model, "final_model", example[0])
+        if "best" in self.kinds and self.best_state is not None:
+            best = copy.deepcopy(trainer.model)
+            best.load_state_dict(self.best_state)
+            self.tracker.log_model(best, "best_model", example[0])

@@ -38,7 +38,7 @@ from ray import tune
 
 from bopsweep.config import TrainConfig
 from bopsweep.errors import TrainingDiverged, UserError
-from bopsweep.sweep import datacache
+from bopsweep.sweep import datacache, tracking
 from bopsweep.sweep.mlflow_client import flatten
 from bopsweep.sweep.ray_backend import TIMING_PREFIX, USER_ERROR_KEY
 from bopsweep.sweep.tracking import TrialTracker
@@ -91,18 +91,27 @@ class CheckpointPolicy:
 
 
 class _ReportToTune(Callback):
-    def __init__(self, tracker: TrialTracker, policy: CheckpointPolicy, timings: dict) -> None:
+    def __init__(
+        self,
+        tracker: TrialTracker,
+        policy: CheckpointPolicy,
+        timings: dict,
+        models: tracking.ModelKeeper,
+    ) -> None:
         self.tracker = tracker
         self.policy = policy
         self.timings = timings
+        self.models = models
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         # Queued for the tracker's sender thread; the epoch does not wait for it.
         self.tracker.log_epoch(metrics, step=int(metrics["epoch"]))
         self.timings["train_s"] += float(metrics.get("epoch_time_s", 0.0))
         last = trainer.epoch >= trainer.hparams.epochs
+        self.models.after_epoch(trainer, last)
         if last:
-            # Sent before the last report, so that Ray's record of the trial
+            # Sent (models included) before the last report, which Ray's scheduler
+            # may answer by stopping the trial, and so that Ray's record of the trial
             # includes the wait for the tracking server.
             started = time.perf_counter()
             self.tracker.flush()
@@ -148,16 +157,23 @@ def _enter(sweep: dict) -> dict[str, float]:
     return timings
 
 
-def _tracker(sweep: dict, member: dict, params: dict, tags: dict) -> TrialTracker:
+def _tracker(sweep: dict, member: dict, params: dict, tags: dict, options: dict) -> TrialTracker:
+    """A trial's tracker: its run's swept values, tags and params, and the tracker
+    settings of :func:`bopsweep.sweep.tracking.trial_options`."""
     return TrialTracker(
         sweep["tracking_uri"],
         sweep["experiment_id"],
         sweep["parent_run_id"],
         member["index"],
         member["name"],
-        tags={**{f"swept.{k}": str(v) for k, v in member["swept"].items()}, **tags},
+        tags={
+            **{f"swept.{k}": str(v) for k, v in member["swept"].items()},
+            **tags,
+            **tracking.trial_tags(sweep),
+        },
         params=flatten(params),
         drain_timeout_s=float(sweep.get("drain_timeout_s", 120.0)),
+        **options,
     )
 
 
@@ -217,13 +233,17 @@ def run_trial(config: dict[str, Any]) -> None:
         **_placement_tags(),
         "bopsweep.dataset_copy": "node (Ray object store)" if data else "trial",
     }
-    tracker = _tracker(sweep, trial, resolved, tags)
+    options = tracking.trial_options(
+        sweep, train_config.dataset, train_config.data_dir, trainer.data
+    )
+    tracker = _tracker(sweep, trial, resolved, tags, options)
     # Epochs a crash left in the tracker's queue are sent again from the checkpoint's
     # history; the steps the run already holds are skipped.
     for metrics in trainer.history:
         tracker.log_epoch(metrics, step=int(metrics["epoch"]))
     policy = CheckpointPolicy(sweep.get("checkpoint_every"), sweep.get("checkpoint_every_s"))
-    callbacks: list[Callback] = [_ReportToTune(tracker, policy, timings)]
+    models = tracking.ModelKeeper(tracker, sweep.get("models", ()))
+    callbacks: list[Callback] = [_ReportToTune(tracker, policy, timings, models)]
     callbacks += extra_callbacks(trial["index"])
     timings["setup_s"] = time.perf_counter() - entered
     try:

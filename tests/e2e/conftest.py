@@ -143,6 +143,60 @@ def auth_server(tmp_path_factory):
     server.stop()
 
 
+@dataclass
+class S3Server:
+    endpoint: str
+    env: dict  # what a client needs: the endpoint and credentials
+    process: subprocess.Popen
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3-compatible server on loopback, with a bucket ``sweeps``; clients reach
+    it as pyarrow and the AWS SDKs do (AWS_ENDPOINT_URL and the usual credentials)."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("s3") / "moto.log").open("ab")
+    process = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    try:
+        wait_http(f"{endpoint}/", process=process)
+        import boto3
+
+        boto3.client("s3", **_boto_args(env)).create_bucket(Bucket="sweeps")
+        yield S3Server(endpoint, env, process)
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def _boto_args(env: dict) -> dict:
+    return {
+        "endpoint_url": env["AWS_ENDPOINT_URL"],
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": env["AWS_DEFAULT_REGION"],
+    }
+
+
+def s3_keys(server: S3Server, prefix: str) -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", **_boto_args(server.env))
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="sweeps", Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
 def bopsweep(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
     """Run the installed ``bopsweep`` command; returns the CompletedProcess."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}

@@ -15,6 +15,13 @@ from tests.e2e.conftest import BIN, REPO, bopsweep, free_port, grid, sweep_file,
 pytestmark = pytest.mark.e2e
 
 ONE_TRIAL = grid("[1e-6]", "[1e-3]", 1)
+# MLflow and artifact-store settings besides credentials that trials must get
+# (harmless here: TLS options of an http server, an S3 region nothing uses).
+OTHER_SETTINGS = {
+    "MLFLOW_TRACKING_INSECURE_TLS": "true",
+    "MLFLOW_S3_IGNORE_TLS": "true",
+    "AWS_DEFAULT_REGION": "eu-west-1",
+}
 
 
 # The cluster runs with Ray's token authentication, as a shared cluster should; every
@@ -122,7 +129,7 @@ def test_sweep_runs_on_both_nodes(ray_cluster, auth_server, workdir, monkeypatch
         "--tracking-uri",
         server.uri,
         cwd=workdir,
-        env={**RAY_AUTH, **credentials},
+        env={**RAY_AUTH, **credentials, **OTHER_SETTINGS},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     for key, value in credentials.items():
@@ -134,6 +141,9 @@ def test_sweep_runs_on_both_nodes(ray_cluster, auth_server, workdir, monkeypatch
     assert all(c.info.status == "FINISHED" for c in children)
     nodes = {c.data.tags["bopsweep.node_id"] for c in children}
     assert len(nodes) == 2, f"trials ran on {nodes}"
+    for child in children:  # the nodes' workers got the driver's other settings too
+        seen = child.data.tags["bopsweep.forwarded_env"].split(",")
+        assert set(OTHER_SETTINGS) <= set(seen), seen
     for child in children:
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "flip_ratio"))
         assert steps == [0, 1]

@@ -94,6 +94,11 @@ def test_report_in_the_mlflow_ui(mlflow_server, workdir, browser, screenshots):
     uri = mlflow_server.uri
     run = bopsweep("run", sweep_file("quickstart.yaml"), *GRID, "--tracking-uri", uri, cwd=workdir)
     assert run.returncode == 0, run.stderr[-3000:]
+    printed = next(
+        line.removeprefix("MLflow: ")
+        for line in run.stdout.splitlines()
+        if line.startswith("MLflow: ")
+    )
 
     unknown = bopsweep("report", "no-such-sweep", "--tracking-uri", uri, cwd=workdir)
     assert unknown.returncode == 2, unknown.stdout + unknown.stderr
@@ -122,7 +127,7 @@ def test_report_in_the_mlflow_ui(mlflow_server, workdir, browser, screenshots):
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     try:
-        _check_ui(page, uri, exp_id, parent_id, screenshots)
+        _check_ui(page, uri, exp_id, parent_id, printed, screenshots)
     except Exception:
         page.screenshot(path=str(screenshots / "failure.png"), full_page=True)
         raise
@@ -140,28 +145,25 @@ def _shot(page, path: Path, full_page: bool = False) -> None:
     page.screenshot(path=str(path), full_page=full_page)
 
 
-def _check_ui(page, uri: str, exp_id: str, parent_id: str, screenshots: Path) -> None:
-    # The experiment page: MLflow 3 opens it on its GenAI overview.
-    page.goto(f"{uri}/#/experiments/{exp_id}", wait_until="domcontentloaded")
-    page.get_by_text("quickstart", exact=True).first.wait_for()
-    _shot(page, screenshots / "1_experiment.png")
-
-    # Its runs table ("Model training" view): the parent run, then its trials,
-    # which the table nests under the parent until the row is expanded.
-    page.goto(
-        f"{uri}/#/experiments/{exp_id}/runs?workflowType=machine_learning",
-        wait_until="domcontentloaded",
-    )
+def _check_ui(page, uri: str, exp_id: str, parent_id: str, printed: str, shots: Path) -> None:
+    # The link `bopsweep run` printed opens the runs table ("Model training" view),
+    # not MLflow 3's GenAI overview: the parent run, then its trials, which the
+    # table nests under the parent until the row is expanded.
+    assert printed == f"{uri}/#/experiments/{exp_id}?workflowType=machine_learning"
+    page.goto(printed, wait_until="domcontentloaded")
     parent_cell = page.get_by_role("gridcell").filter(
         has=page.get_by_role("link", name="quickstart", exact=True)
     )
     parent_cell.first.wait_for()
+    page.wait_for_function(f"() => location.hash.includes('/experiments/{exp_id}/runs')")
     first_trial = page.get_by_role("link", name=TRIALS[0], exact=True)
     if not first_trial.is_visible():
         parent_cell.first.get_by_role("button").first.click()  # the expand (+) button
     for name in TRIALS:
         page.get_by_role("link", name=name, exact=True).wait_for()
-    _shot(page, screenshots / "2_runs_table.png")
+    # Each trial's dataset input is in the table's Dataset column.
+    page.get_by_text(re.compile(r"^digits \([0-9a-f]{8}\)$")).first.wait_for()
+    _shot(page, shots / "1_runs_table.png")
 
     # The parent run's page, by its link in the table.
     parent_link = page.get_by_role("gridcell").get_by_role("link", name="quickstart", exact=True)
@@ -171,14 +173,14 @@ def _check_ui(page, uri: str, exp_id: str, parent_id: str, screenshots: Path) ->
     page.get_by_text(parent_id, exact=True).first.wait_for()
     for name in TRIALS:  # listed under "Child runs"
         page.get_by_text(re.compile(re.escape(name))).first.wait_for()
-    _shot(page, screenshots / "3_parent_run.png", full_page=True)
+    _shot(page, shots / "2_parent_run.png", full_page=True)
 
     # Its artifacts: the report/ folder and every file in it; the figures render.
     page.get_by_text("Artifacts", exact=True).first.click()
     page.get_by_text("report", exact=True).first.click()
     for name in REPORT_FILES:
         page.get_by_text(name, exact=True).first.wait_for()
-    _shot(page, screenshots / "4_artifacts.png")
+    _shot(page, shots / "3_artifacts.png")
     for name in ("curves.png", "heatmaps.png"):
         page.get_by_text(name, exact=True).first.click()
         page.get_by_text(f"report/{name}", exact=True).first.wait_for()
@@ -187,8 +189,8 @@ def _check_ui(page, uri: str, exp_id: str, parent_id: str, screenshots: Path) ->
         page.wait_for_function(
             "img => img.complete && img.naturalWidth > 600", arg=preview.element_handle()
         )
-        _shot(page, screenshots / f"5_artifact_{name}")
+        _shot(page, shots / f"4_artifact_{name}")
     page.get_by_text("leaderboard.csv", exact=True).first.click()
     page.get_by_text("report/leaderboard.csv", exact=True).first.wait_for()
     page.get_by_text("FINISHED", exact=True).first.wait_for()  # rendered as a table
-    _shot(page, screenshots / "6_artifact_leaderboard.png")
+    _shot(page, shots / "5_artifact_leaderboard.png")

@@ -61,5 +61,7 @@ def test_links_point_at_the_ui_for_a_server_and_are_run_ids_for_a_local_store():
     assert local.run_link("abc") == "abc" and local.experiment_url() is None
     server = _outcome(uri="http://127.0.0.1:5000/")
     assert server.run_link("abc") == "http://127.0.0.1:5000/#/experiments/7/runs/abc"
-    assert server.experiment_url() == "http://127.0.0.1:5000/#/experiments/7"
+    assert server.experiment_url() == (
+        "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    )
     assert server.parent_link.endswith("/runs/parent")

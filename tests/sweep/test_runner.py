@@ -3,7 +3,7 @@ trials whose epochs did not all reach MLflow."""
 
 from __future__ import annotations
 
-from bopsweep.sweep.mlflow_client import credential_env
+from bopsweep.sweep.mlflow_client import FORWARDED_VARS, credential_env
 from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
 from bopsweep.sweep.runner import short_trials
 
@@ -22,7 +22,7 @@ def test_trials_that_logged_fewer_epochs_than_they_ran_are_short():
 
 
 def test_credentials_come_from_the_environment_or_mlflows_file(tmp_path, monkeypatch):
-    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+    for key in FORWARDED_VARS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert credential_env() == {}

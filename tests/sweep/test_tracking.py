@@ -3,6 +3,8 @@ and an unreachable server never stops training."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from bopsweep.sweep import mlflow_client, tracking
@@ -22,6 +24,12 @@ def _epoch(step: int) -> dict[str, float]:
 @pytest.fixture
 def store(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory) -> str:
+    """One store for tests that need no fresh one: creating MLflow's schema takes seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
 
 
 def test_epochs_arrive_in_order_and_the_run_finishes(store):
@@ -81,3 +89,68 @@ def test_an_unreachable_server_queues_instead_of_failing(monkeypatch):
     assert tracker.failures >= 2  # the sender kept retrying in the background
     assert not tracker.finish("FINISHED")  # gives up after drain_timeout_s
     assert not tracker._sender.is_alive() and len(tracker.pending) == 3
+
+
+def test_a_run_gets_summary_metrics_its_dataset_and_system_metrics(shared_store):
+    store = shared_store
+    from bopsweep.data.in_memory import make_synthetic
+
+    exp_id, parent = _parent(store)
+    data = make_synthetic((1, 4, 4), n_train=32, n_val=8)
+    options = tracking.trial_options(
+        {"metric": "loss", "mode": "min", "system_metrics_s": 0.2}, "synthetic", "data", data
+    )
+    tracker = tracking.TrialTracker(store, exp_id, parent, 0, "t0", **options)
+    values = [0.3, 0.1, 0.2]
+    for step, accuracy in enumerate(values):
+        tracker.log_epoch({"val_accuracy": accuracy, "loss": 1.0 / (1 + step)}, step=step)
+    time.sleep(0.7)  # a few samples of the system metrics
+    assert tracker.finish("FINISHED")
+    client = mlflow_client.client(store)
+    run = client.get_run(tracker.run_id)
+    best = [m.value for m in client.get_metric_history(tracker.run_id, "best_val_accuracy")]
+    assert best == pytest.approx([0.3, 0.3, 0.3])
+    assert run.data.metrics["best_loss"] == pytest.approx(1 / 3)
+    (used,) = run.inputs.dataset_inputs
+    assert used.dataset.name == "synthetic" and len(used.dataset.digest) >= 8
+    assert {t.key: t.value for t in used.tags} == {"mlflow.data.context": "training"}
+    assert '"features_shape": [32, 1, 4, 4]' in used.dataset.profile
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
+
+
+def test_final_and_best_models_are_mlflow_models(shared_store, tmp_path, monkeypatch):
+    store = shared_store
+    import mlflow.pytorch
+    import torch
+
+    from bopsweep.config import TrainConfig
+    from bopsweep.train import Callback, Trainer
+
+    monkeypatch.chdir(tmp_path)  # MLflow's local artifact store goes here
+    exp_id, parent = _parent(store)
+    config = TrainConfig.model_validate(
+        {"model": "mlp", "dataset": "digits", "epochs": 2, "device": "cpu"}
+    )
+    trainer = Trainer(config)
+    tracker = tracking.TrialTracker(store, exp_id, parent, 0, "t0")
+
+    keeper = tracking.ModelKeeper(tracker, ["final", "best"])
+
+    class Log(Callback):
+        def on_epoch_end(self, trainer, metrics):
+            tracker.log_epoch(metrics, step=int(metrics["epoch"]))
+            keeper.after_epoch(trainer, trainer.epoch >= trainer.hparams.epochs)
+
+    trainer.fit([Log()])
+    assert tracker.finish("FINISHED"), tracker.job_errors
+    run = mlflow_client.client(store).get_run(tracker.run_id)
+    x, _ = next(iter(trainer.batches.val()))
+    for name in ("final_model", "best_model"):
+        uri = run.data.tags[f"bopsweep.model.{name}"]
+        model = mlflow.pytorch.load_model(uri)
+        info = mlflow.models.get_model_info(uri)
+        assert info.signature is not None and info.saved_input_example_info is not None
+        with torch.no_grad():
+            assert model(x).shape == (len(x), 10)
+    assert tracker.job_errors == []
