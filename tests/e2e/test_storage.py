@@ -27,7 +27,9 @@ def test_a_sweep_on_s3_resumes_syncs_and_restarts(s3_server, mlflow_server, work
         sweep_file("quickstart.yaml"),
         *grid("[1e-6]", "[1e-3,1e-4]", epochs),
         *("--set", f"tracking.experiment={experiment}"),
-        *("--set", "max_concurrent_trials=1"),
+        # One trial after the other (not fused into one group): the driver is killed
+        # between them.
+        *("--set", "max_concurrent_trials=1", "--set", "fuse=off"),
         *("--storage", STORAGE),
         *("--tracking-uri", mlflow_server.uri),
     ]
