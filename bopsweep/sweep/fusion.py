@@ -143,17 +143,16 @@ def plan_groups(spec: SweepSpec, trials: Sequence[Trial], cpus: int | None = Non
     """The Ray trials of a sweep, in trial order of their first member."""
     fuse = spec.fuse
     # A searcher proposes one trial at a time; HyperBand pauses and median stopping
-    # compares single trials: those run unfused. ASHA's rungs work inside a group.
+    # compare single trials: those run unfused. ASHA's rungs work inside a group.
+    # Logging each trial's model (tracking.models) needs a model per trial: unfused.
     stopping = spec.stopping.type if spec.stopping is not None else "fifo"
-    if (
+    unfused = (
         fuse in ("off", 1)
         or spec.method not in ("grid", "random")
-        or stopping
-        not in (
-            "asha",
-            "fifo",
-        )
-    ):
+        or stopping not in ("asha", "fifo")
+        or bool(spec.tracking.models)
+    )
+    if unfused:
         return [Group((t,)) for t in trials]
     candidates: dict[tuple, list[Trial]] = {}
     singles: list[Trial] = []

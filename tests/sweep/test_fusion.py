@@ -92,6 +92,16 @@ def test_only_trials_that_differ_in_member_values_share_a_group(tmp_path):
     assert {t.train.seed for t in planned[0].trials} == {0, 1}
 
 
+def test_what_needs_single_trials_runs_unfused(tmp_path):
+    # HyperBand pauses trials, median stopping compares them, models are per trial.
+    assert sizes(groups(tmp_path, ["scheduler={type: hyperband}"])) == [1] * 9
+    assert sizes(groups(tmp_path, ["scheduler={type: median}"])) == [1] * 9
+    assert sizes(groups(tmp_path, ["tracking.models=[final]"])) == [1] * 9
+    assert sizes(groups(tmp_path, ["train.hparams.optimizer=bop2_unbiased", "fuse=9"])) == [1] * 9
+    # ASHA's rungs run inside a group.
+    assert sizes(groups(tmp_path, ["scheduler={type: asha}"])) == [5, 4]
+
+
 def test_a_bad_fuse_value_is_one_line_naming_the_choices(tmp_path):
     with pytest.raises(UserError, match=r"fuse: fuse takes auto, off or a group size.*got 0"):
         groups(tmp_path, ["fuse=0"])
