@@ -68,11 +68,14 @@ def _quickstart(context: Context, fuse: str) -> dict[str, Any]:
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"bopsweep run exited {done.returncode}: {done.stderr[-2000:]}")
-    timeline = json.loads(
-        (folder / "bopsweep_results" / "quickstart" / "timeline.json").read_text()
-    )
+    results = folder / "bopsweep_results" / "quickstart"
+    timeline = json.loads((results / "timeline.json").read_text())
     return {
         "trials": len(trials),
+        # The Ray trials the run made: trial_NNN alone, fused_NNN for a fused group.
+        "ray_trials": sorted(
+            p.name for p in results.iterdir() if p.name.startswith(("trial_", "fused_"))
+        ),
         "wall_s": wall,
         "samples_per_s": train_samples / wall,
         "first_trial_s": timeline.get("first_trial"),
