@@ -22,7 +22,7 @@ STORAGE = "s3://sweeps/results"
 
 def test_a_sweep_on_s3_resumes_syncs_and_restarts(s3_server, mlflow_server, workdir):
     experiment = "e2e-s3"
-    epochs = 25  # long enough to kill the driver while the second trial runs
+    epochs = 60  # long enough to kill the driver while the second trial runs
     args = [
         sweep_file("quickstart.yaml"),
         *grid("[1e-6]", "[1e-3,1e-4]", epochs),
@@ -46,7 +46,9 @@ def test_a_sweep_on_s3_resumes_syncs_and_restarts(s3_server, mlflow_server, work
 
     try:
         runs = wait_for(one_finished_and_one_running)
-        time.sleep(1.5)  # let the running trial log an epoch or two
+        # Past Ray Tune's snapshot period (2 s for a small sweep), so that the sweep's
+        # state records the first trial as finished; the second logs a few epochs.
+        time.sleep(3.0)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
