@@ -232,6 +232,11 @@ class TrialTracker:
                 resume_logging=self.resumed,
                 tracking_uri=self.uri,
             )
+            # One sample now, before the monitor's thread starts: a trial that a
+            # scheduler stops (Ray may abandon its thread without an exception) still
+            # has one.
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
             monitor.start()
         except Exception as error:  # psutil missing, an old MLflow: no system metrics
             self.pending_tags["bopsweep.system_metrics_error"] = f"{type(error).__name__}: {error}"
