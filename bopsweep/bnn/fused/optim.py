@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 
 from bopsweep.bnn.fused.layers import FusedModel, member_view
 from bopsweep.bnn.metrics import log_flip_ratio
-from bopsweep.bnn.optim import _BOP2_EPS, _check_rate, _check_threshold, _flat, bop, bop2
+from bopsweep.bnn.optim import _BOP2_EPS, Bop, _check_rate, _check_threshold, _flat, bop, bop2
 from bopsweep.bnn.schedules import Schedule, as_schedule
 
 __all__ = [
@@ -255,19 +255,8 @@ class FusedBop(Optimizer):
             if "flips" in state:
                 state["flips"] = state["flips"].to(torch.float64)
 
-    def read_flips(self, reset: bool = True) -> list[tuple[Tensor, Tensor, int]]:
-        """``(param, flipped_totals [K], steps)`` per kernel stepped since the last reset."""
-        out = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state.get(p)
-                if not state or not state.get("flip_steps"):
-                    continue
-                out.append((p, state["flips"].clone(), state["flip_steps"]))
-                if reset:
-                    state["flips"].zero_()
-                    state["flip_steps"] = 0
-        return out
+    # Bop's own: the state keeps "flips" ([K] here) and "flip_steps" the same way.
+    read_flips = Bop.read_flips
 
 
 class MemberOptimizers:
