@@ -286,3 +286,36 @@ def test_shell_completion_completes_commands_and_options(tmp_path):
         [str(script), "--show-completion", "bash"], capture_output=True, text=True, timeout=120
     )
     assert "_BOPSWEEP_COMPLETE=complete_bash" in result.stdout
+
+
+_COMMAND = """\
+import atexit, sys
+marker = sys.argv.pop(1)
+atexit.register(lambda: open(marker, "w").write("atexit ran"))
+from bopsweep.cli import command
+command()
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [(("plan", str(QUICKSTART), "--json"), 0), (("plan", "missing.yaml"), 2), (("nope",), 2)],
+)
+def test_the_command_exits_quickly_with_its_code_and_everything_flushed(tmp_path, args, code):
+    """The console command skips Python's module teardown, not its exit work:
+    exit codes, stdout through a pipe, atexit handlers."""
+    marker = tmp_path / "atexit.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", _COMMAND, str(marker), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
+    )
+    assert result.returncode == code, result.stderr
+    assert marker.read_text() == "atexit ran"
+    if code == 0:
+        assert json.loads(result.stdout)["trials"] == 9  # all of it, through the pipe
+    else:
+        assert result.stderr.strip()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bopsweep.config import FUSABLE_OPTIMIZERS, fusion_key
+from bopsweep.sweep import cache_dir
 from bopsweep.sweep.spec import SweepSpec, Trial
 
 # Member throughput of fused groups over separate trials, as measured by the fusion
@@ -81,8 +82,7 @@ def _device_type(spec: SweepSpec, trial: Trial) -> str:
 
 def measured_gain_path() -> Path:
     """Where ``bopsweep bench --only fusion`` records this machine's fusion gains."""
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "bopsweep" / "fusion_gain.json"
+    return cache_dir() / "fusion_gain.json"
 
 
 def measured_gains() -> dict[tuple[str, str], float]:

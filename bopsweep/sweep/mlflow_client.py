@@ -14,12 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from bopsweep.errors import UserError
+from bopsweep.sweep import cache_dir
 from bopsweep.sweep.outcome import TERMINAL_STATUSES, SweepOutcome, TrialOutcome
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -126,7 +129,53 @@ def forwarded_names() -> str:
 def client(uri: str):
     from mlflow import MlflowClient
 
+    seed_sqlite_store(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def _store_template() -> Path:
+    import mlflow
+
+    return cache_dir() / f"mlflow-{mlflow.__version__}-empty.db"
+
+
+def seed_sqlite_store(uri: str) -> None:
+    """A new sqlite store starts as a copy of an empty one.
+
+    MLflow builds a new store by running its ~60 schema migrations (1.5-2 s of CPU,
+    on a sweep's critical path while Ray starts); the first new store this machine
+    builds for an MLflow version is kept in the cache, and later new stores are a
+    copy of it (milliseconds). The copy holds the tables and the schema version only:
+    MLflow adds its Default experiment when it opens the store, as for a new one."""
+    path = sqlite_path(uri)
+    if path is None or path.exists() or not path.parent.is_dir():
+        return
+    template = _store_template()
+    try:
+        if not template.is_file():
+            _build_store_template(template)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        shutil.copyfile(template, partial)
+        try:
+            os.link(partial, path)  # never replaces a store another process created
+        except FileExistsError:
+            pass
+        finally:
+            partial.unlink()
+    except (OSError, sqlite3.Error):
+        pass  # no cache to write or read: MLflow builds the store itself
+
+
+def _build_store_template(template: Path) -> None:
+    from mlflow import MlflowClient
+
+    template.parent.mkdir(parents=True, exist_ok=True)
+    building = template.with_name(f".{template.name}.{os.getpid()}.partial")
+    building.unlink(missing_ok=True)
+    MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)
+    with contextlib.closing(sqlite3.connect(building)) as db, db:
+        db.execute("DELETE FROM experiments WHERE experiment_id = 0")
+    os.replace(building, template)
 
 
 def is_auth_error(error: BaseException) -> bool:

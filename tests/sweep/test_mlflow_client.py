@@ -4,6 +4,7 @@ and tags every child run is settled with."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 
 import pytest
@@ -94,3 +95,51 @@ def test_settling_tags_trials_the_scheduler_stopped(store):
     assert {i: r.info.status for i, r in runs.items()} == {0: "FINISHED", 1: "FINISHED"}
     assert mlflow_client.STOPPED_EARLY_TAG not in runs[0].data.tags
     assert runs[1].data.tags[mlflow_client.STOPPED_EARLY_TAG] == "true"
+
+
+def _experiments(path) -> list[tuple]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        query = "SELECT experiment_id, name, artifact_location FROM experiments"
+        return db.execute(query).fetchall()
+
+
+def test_new_stores_start_from_an_empty_template(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = tmp_path / "cache" / "bopsweep" / f"mlflow-{mlflow.__version__}-empty.db"
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        client = mlflow_client.client(uri)
+        run = client.create_run(mlflow_client.experiment_id(client, "sweep"))
+        client.log_metric(run.info.run_id, "loss", 0.5)
+        # MLflow's Default experiment, made when the copy was opened: its artifacts
+        # go where a store built here would put them.
+        assert _experiments(folder / "mlflow.db")[0][:2] == (0, "Default")
+        assert _experiments(folder / "mlflow.db")[0][2] == str(folder / "mlruns" / "0")
+        assert client.get_metric_history(run.info.run_id, "loss")[0].value == 0.5
+        # The template holds MLflow's schema and nothing of any store made from it.
+        assert template.is_file() and _experiments(template) == []
+
+
+def test_an_existing_store_is_never_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client.client(uri)
+    exp = mlflow_client.experiment_id(client, "kept")
+    mlflow_client.seed_sqlite_store(uri)
+    assert mlflow_client.client(uri).get_experiment(exp).name == "kept"
+
+
+def test_a_store_is_built_by_mlflow_when_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client.client(uri)
+    assert client.get_experiment(mlflow_client.experiment_id(client, "x")).name == "x"
