@@ -576,8 +576,14 @@ def _print_outcome(outcome, spec: Path, overrides: list[str], out=None) -> None:
         out.print(
             f"MLflow store {outcome.tracking_uri}: browse it with `bopsweep ui`", highlight=False
         )
-    results = f"{outcome.storage}/{outcome.name}"
-    out.print(f"results and checkpoints: {results} (logs: {results}/logs)", highlight=False)
+    from bopsweep.sweep.state import SweepFolder
+
+    if outcome.storage:
+        folder = SweepFolder(outcome.storage, outcome.name)
+        # A sweep stored at a URI keeps no log files: the libraries' logs went to the
+        # terminal.
+        logs = f" (logs: {folder.log_dir})" if folder.log_dir is not None else ""
+        out.print(f"results and checkpoints: {folder.path}{logs}", highlight=False)
     for trial in sorted(outcome.trials, key=lambda t: t.index):
         if trial.status == "FAILED" and not outcome.stopped:
             reason = (trial.error or "").strip().splitlines()

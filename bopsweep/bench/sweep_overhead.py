@@ -74,7 +74,7 @@ def split(
         "settle": timeline["settled"] - timeline["trials_done"],
         "shutdown": timeline["ray_stopped"] - timeline["settled"],
         "report": max(0.0, timeline["reported"] - timeline["ray_stopped"]),
-        "exit": wall - timeline["reported"],
+        "exit": max(0.0, wall - timeline["reported"]),
     }
     # What the trials' phase took beyond the ideal and the parts above: trials
     # slower side by side than alone, scheduling, results handling.

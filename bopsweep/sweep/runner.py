@@ -52,16 +52,14 @@ class RunOptions:
 
 
 def _process_start() -> float:
-    """When this process started (so imports count too), from Linux's /proc."""
+    """When this process started (so imports count too), from Linux's /proc: its
+    start in clock ticks since boot, against the time since boot now (the boot
+    time /proc/stat gives is in whole seconds, too coarse for this)."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
-        boot = next(
-            int(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime")
-        )
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
         return time.time()
 
 

@@ -1,17 +1,18 @@
-"""Bench section ``fusion`` in the quick bench: the quickstart fused and unfused, and
+"""Bench section ``fusion`` in the quick bench: the quickstart fused, and
 BinaryNet members fused against separate trainers."""
 
 from __future__ import annotations
 
 
-def test_the_quickstart_ran_fused_and_unfused(quick_bench):
+def test_the_quickstart_ran_fused(quick_bench):
+    """The smoke run runs the quickstart fused only: its unfused run is the same
+    command as sweep_overhead's (a full run measures both, interleaved)."""
     _, results = quick_bench
     section = results["sections"]["fusion"]
-    off, fused = section["quickstart"]["off"], section["quickstart"]["auto"]
-    assert off["ray_trials"] == ["trial_000", "trial_001"]
+    assert set(section["quickstart"]) == {"auto"}
+    fused = section["quickstart"]["auto"]
     assert fused["ray_trials"] == ["fused_000"]
-    for run in (off, fused):
-        assert run["wall_s"] > 0 and run["samples_per_s"] > 0
+    assert fused["wall_s"] > 0 and fused["samples_per_s"] > 0
 
 
 def test_binarynet_members_fused_and_separate_are_timed(quick_bench):
