@@ -127,6 +127,8 @@ def test_divergence_fails_that_trial_only(mlflow_server, workdir):
 
 
 def test_killed_driver_resumes_without_rerunning_finished_trials(mlflow_server, workdir):
+    """Trials one at a time, unfused (fused, the four would be one Ray trial), so the
+    driver is killed between one finished trial and the next."""
     experiment = "e2e-kill-driver"
     args = [
         sweep_file("quickstart.yaml"),
@@ -135,6 +137,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(mlflow_server, 
         f"tracking.experiment={experiment}",
         "--set",
         "max_concurrent_trials=1",
+        "--set",
+        "fuse=off",
         "--tracking-uri",
         mlflow_server.uri,
     ]
