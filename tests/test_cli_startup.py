@@ -44,18 +44,22 @@ sys.exit(_code)
 _CLI = "from bopsweep.cli import main\nmain()"
 
 
-def _run(tmp_path: Path, snippet: str, *args: str) -> tuple[subprocess.CompletedProcess, list]:
-    report = tmp_path / "imported.json"
-    code = _REPORT.format(snippet=textwrap.indent(snippet, "    "), heavy=HEAVY)
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(report), *args],
+def _python(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter in ``tmp_path``, with ``args`` as its argv."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=tmp_path,
-        env=env,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
     )
+
+
+def _run(tmp_path: Path, snippet: str, *args: str) -> tuple[subprocess.CompletedProcess, list]:
+    report = tmp_path / "imported.json"
+    code = _REPORT.format(snippet=textwrap.indent(snippet, "    "), heavy=HEAVY)
+    result = _python(tmp_path, code, str(report), *args)
     assert report.exists(), result.stderr
     return result, json.loads(report.read_text())
 
@@ -305,14 +309,7 @@ def test_the_command_exits_quickly_with_its_code_and_everything_flushed(tmp_path
     """The console command skips Python's module teardown, not its exit work:
     exit codes, stdout through a pipe, atexit handlers."""
     marker = tmp_path / "atexit.txt"
-    result = subprocess.run(
-        [sys.executable, "-c", _COMMAND, str(marker), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
-    )
+    result = _python(tmp_path, _COMMAND, str(marker), *args)
     assert result.returncode == code, result.stderr
     assert marker.read_text() == "atexit ran"
     if code == 0:
