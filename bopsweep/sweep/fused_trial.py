@@ -175,6 +175,19 @@ def _halving(sweep: dict, epochs: int) -> SuccessiveHalving | None:
     )
 
 
+def _completed_result(completed: dict[int, dict], indices: list[int], sweep: dict) -> dict:
+    """The group's report when every member's run had already finished."""
+    metric, mode = sweep.get("metric", "val_accuracy"), sweep.get("mode", "max")
+    values = [m[metric] for m in completed.values() if metric in m]
+    result: dict[str, Any] = {
+        "epoch": max(int(m.get("epoch", -1)) for m in completed.values()),
+        "members": {str(indices[k]): m for k, m in completed.items()},
+    }
+    if values:
+        result[metric] = max(values) if mode == "max" else min(values)
+    return result
+
+
 def run_group(config: dict[str, Any]) -> None:
     """The Ray Tune trial of a fused group (called by ``trainable.run_trial``)."""
     entered = time.perf_counter()
@@ -217,6 +230,14 @@ def run_group(config: dict[str, Any]) -> None:
     # One after the other: a few requests each (threads only contend for a local
     # sqlite store's lock: 0.7 s against 0.1 s for five runs).
     trackers: dict[int, TrialTracker] = {k: open_run(k) for k in trainer.active}
+    # Members whose runs ended FINISHED before the driver died (after Ray's last
+    # snapshot of the sweep) keep their runs as they are; a group of only those is done.
+    completed = {k: t.completed for k, t in trackers.items() if t.completed is not None}
+    for k in completed:
+        trackers.pop(k).close()
+    if completed and not trackers:
+        tune.report(_completed_result(completed, [m["index"] for m in members], sweep))
+        return
     policy = CheckpointPolicy(sweep.get("checkpoint_every"), sweep.get("checkpoint_every_s"))
     report = _ReportGroupToTune(
         trackers,

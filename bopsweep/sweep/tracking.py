@@ -80,7 +80,9 @@ class TrialTracker:
     so a batch sent twice (a reply lost after the server stored it) stores identical
     rows, which MLflow de-duplicates. What a crash leaves unsent is re-logged from
     the checkpoint's history when the trial resumes, and is in the trial's local
-    results for ``bopsweep sync``.
+    results for ``bopsweep sync``. A run that already ended FINISHED (a trial Ray
+    runs again because the driver died before recording its end) is left as it is:
+    :attr:`completed` holds its last metrics for the trial to report instead.
 
     Only the sender thread talks to the server once the run exists, except
     :meth:`finish`, which marks the run after the sender has stopped.
@@ -115,6 +117,9 @@ class TrialTracker:
         self.run_id: str | None = None
         self.last_step = -1
         self.resumed = False
+        # The last metrics of a run that had already ended FINISHED (see _connect):
+        # nothing more is sent to it and finish() leaves it as it is.
+        self.completed: dict[str, float] | None = None
         self.pending: deque[tuple[int, list]] = deque()
         self.pending_tags: dict[str, str] = {}
         # name -> mode of the summary metrics; the first is the sweep's metric.
@@ -179,6 +184,16 @@ class TrialTracker:
         existing = self.client.search_runs(
             [self.exp_id], f"tags.`{TRIAL_KEY_TAG}` = '{self.trial_key}'", max_results=1
         )
+        if existing and existing[0].info.status == "FINISHED":
+            # The trial ended before the driver died but after Ray Tune's last
+            # snapshot of the sweep, so Ray runs it again (from an earlier checkpoint,
+            # or none): its run is complete and stays exactly as it is.
+            run = existing[0]
+            self.completed = {
+                k: v for k, v in run.data.metrics.items() if not k.startswith("system/")
+            }
+            self.run_id = run.info.run_id
+            return
         if existing:
             run = existing[0]
             self.client.update_run(run.info.run_id, status="RUNNING")
@@ -263,6 +278,13 @@ class TrialTracker:
         from mlflow.entities import RunTag
 
         self._connect()
+        if self.completed is not None:
+            with self._state:
+                self.pending.clear()
+                self.pending_tags.clear()
+                self.pending_jobs.clear()
+                self._state.notify_all()
+            return
         with self._state:
             tags = dict(self.pending_tags)
         if tags:
@@ -423,6 +445,8 @@ class TrialTracker:
         """Send what is queued, then mark the run; False if the server never answered."""
         drained = self.flush()
         self.close()
+        if self.completed is not None:
+            return True
         if not drained or self.refused:
             return False
         deadline = time.monotonic() + self.drain_timeout_s

@@ -237,6 +237,12 @@ def run_trial(config: dict[str, Any]) -> None:
         sweep, train_config.dataset, train_config.data_dir, trainer.data
     )
     tracker = _tracker(sweep, trial, resolved, tags, options)
+    if tracker.completed is not None:
+        # Finished before the driver died, after Ray's last snapshot of the sweep:
+        # Ray gets the run's last epoch and nothing is trained or logged again.
+        tracker.close()
+        tune.report({**tracker.completed, **_timing_keys(timings)})
+        return
     # Epochs a crash left in the tracker's queue are sent again from the checkpoint's
     # history; the steps the run already holds are skipped.
     for metrics in trainer.history:

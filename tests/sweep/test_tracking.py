@@ -75,6 +75,30 @@ def test_a_resumed_trial_sends_only_the_steps_the_run_lacks(store):
     assert len(runs) == 1
 
 
+def test_a_finished_run_is_left_as_it_is_when_its_trial_runs_again(store):
+    """The driver died after the trial ended but before Ray recorded it: Ray runs the
+    trial again, which must neither reopen nor re-end its run."""
+    exp_id, parent = _parent(store)
+    first = tracking.TrialTracker(store, exp_id, parent, 2, "t2")
+    for step in range(3):
+        first.log_epoch(_epoch(step), step=step)
+    assert first.finish("FINISHED")
+    client = mlflow_client.client(store)
+    ended = client.get_run(first.run_id).info
+
+    again = tracking.TrialTracker(store, exp_id, parent, 2, "t2", tags={"late": "tag"})
+    assert again.run_id == first.run_id
+    assert again.completed == pytest.approx(_epoch(2) | {"best_val_accuracy": 0.2})
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    again.log_epoch(_epoch(1), step=1)  # retrained from an earlier checkpoint
+    again.log_epoch(_epoch(5), step=5)
+    assert again.finish("FINISHED")
+    run = client.get_run(first.run_id)
+    assert (run.info.status, run.info.end_time) == ("FINISHED", ended.end_time)
+    assert "late" not in run.data.tags
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2]
+
+
 def test_an_unreachable_server_queues_instead_of_failing(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
