@@ -286,8 +286,13 @@ def test_shell_completion_completes_commands_and_options(tmp_path):
         timeout=120,
     )
     assert result.stdout.split() == ["--tracking-uri"], result.stderr
+    # The shell is detected from the parent process (shellingham): run from bash, as a
+    # user would (`; true` keeps bash from exec-ing the command in its place).
     result = subprocess.run(
-        [str(script), "--show-completion", "bash"], capture_output=True, text=True, timeout=120
+        ["bash", "-c", f"'{script}' --show-completion; true"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert "_BOPSWEEP_COMPLETE=complete_bash" in result.stdout
 
