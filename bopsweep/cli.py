@@ -698,7 +698,7 @@ def ui(
     ] = None,
 ) -> None:
     """Start the MLflow UI on the local store and print its URL."""
-    from bopsweep.sweep.mlflow_client import resolve_tracking_uri
+    from bopsweep.sweep.mlflow_client import resolve_tracking_uri, server_env
 
     uri = resolve_tracking_uri(tracking_uri, None)
     if uri.startswith("http"):
@@ -719,7 +719,7 @@ def ui(
     console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)", highlight=False)
     sys.stderr.flush()
     # Become the server, so that stopping `bopsweep ui` stops it and leaves no orphan.
-    os.execv(sys.executable, command)
+    os.execve(sys.executable, command, server_env())
 
 
 @app.command(no_args_is_help=True)

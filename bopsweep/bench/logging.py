@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bopsweep.bench.common import Context, Row, ms, quickstart_spec_path, samples, target, threads
+from bopsweep.sweep.mlflow_client import server_env
 from bopsweep.train import Callback
 
 
@@ -50,7 +51,9 @@ def mlflow_server(workdir: Path, timeout_s: float = 90.0) -> Iterator[str]:
         "1",
     ]
     # Its own session, so stopping it stops the workers it spawns as well.
-    server = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    server = subprocess.Popen(
+        command, stdout=log, stderr=log, start_new_session=True, env=server_env()
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s

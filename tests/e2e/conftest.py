@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bopsweep.sweep import mlflow_client
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,7 +95,7 @@ def _launch(root: Path, port: int, extra_args=(), env=None) -> subprocess.Popen:
     ]
     log = (root / "server.log").open("ab")
     return subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        command, stdout=log, stderr=subprocess.STDOUT, env=mlflow_client.server_env(env)
     )
 
 

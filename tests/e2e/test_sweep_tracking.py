@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -130,6 +131,9 @@ def test_embedded_default_store_and_ui(workdir):
         exp = served.get_experiment_by_name("quickstart")
         assert exp is not None
         assert len(served.search_runs([exp.experiment_id])) == 2
+        # Without MLflow's job executor (10 processes, ~30 s of CPU at start).
+        commands = [" ".join(c.cmdline()) for c in psutil.Process(ui.pid).children(recursive=True)]
+        assert not [c for c in commands if "huey" in c or "_job_runner" in c], commands
     finally:
         ui.terminate()
         ui.wait(20)

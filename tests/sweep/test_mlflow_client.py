@@ -143,3 +143,11 @@ def test_a_store_is_built_by_mlflow_when_the_cache_cannot_be_written(tmp_path, m
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow_client.client(uri)
     assert client.get_experiment(mlflow_client.experiment_id(client, "x")).name == "x"
+
+
+def test_servers_start_without_the_job_executor_unless_asked(monkeypatch):
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    assert mlflow_client.server_env()["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert mlflow_client.server_env({"A": "1"})["A"] == "1"
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
+    assert mlflow_client.server_env()["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
