@@ -609,6 +609,47 @@ class Bop2ndOrderUnbiased(Bop2ndOrder):
 
 
 # --------------------------------------------------------------------------- routing
+class SignFlipCounter:
+    """Sign changes of binary kernels over optimizer steps, for binary optimizers that
+    do not count their own (Adam on latent weights; Bop does). ``count`` turns a
+    kernel's boolean "sign changed" tensor into its total: a scalar for one model, one
+    per member for a fused one. Totals are float64, like Bop's own."""
+
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        count: Callable[[Tensor], Tensor],
+        shape: tuple[int, ...] = (),
+    ) -> None:
+        self.params = list(params)
+        self.count = count
+        self.totals = {
+            p: torch.zeros(shape, dtype=torch.float64, device=p.device) for p in self.params
+        }
+        self.steps = 0
+
+    def signs(self) -> list[Tensor]:
+        """Taken before a step."""
+        return [p >= 0 for p in self.params]
+
+    def add(self, before: Sequence[Tensor]) -> None:
+        """After the step: count the kernels' sign changes since ``before``."""
+        for p, was_positive in zip(self.params, before, strict=True):
+            self.totals[p].add_(self.count((p >= 0) != was_positive))
+        self.steps += 1
+
+    def read(self, reset: bool = True) -> list[tuple[Tensor, Tensor, int]]:
+        """``(param, flipped_total, steps)`` per kernel since the last reset."""
+        if not self.steps:
+            return []
+        out = [(p, self.totals[p].clone(), self.steps) for p in self.params]
+        if reset:
+            for total in self.totals.values():
+                total.zero_()
+            self.steps = 0
+        return out
+
+
 class CaseOptimizer:
     """One optimizer object over a whole model: binary kernels to ``binary``, the rest
     to ``fp`` (Larq's ``CaseOptimizer``).
@@ -644,11 +685,11 @@ class CaseOptimizer:
         self.step_count = 0
         self._check_claims(model)
         self._binary_params = [p for g in binary.param_groups for p in g["params"]]
-        self._own_flips = count_flips and not isinstance(binary, Bop)
-        self._flip_totals = {
-            p: torch.zeros((), dtype=torch.float64, device=p.device) for p in self._binary_params
-        }
-        self._flip_steps = 0
+        self._flips = (
+            SignFlipCounter(self._binary_params, torch.sum)
+            if count_flips and not isinstance(binary, Bop)
+            else None
+        )
 
     def _check_claims(self, model: nn.Module) -> None:
         owners: dict[int, list[str]] = {}
@@ -694,32 +735,21 @@ class CaseOptimizer:
             for opt in self._lr_optimizers():
                 for group in opt.param_groups:
                     group["lr"] = lr
-        before = None
-        if self._own_flips:
-            before = [p >= 0 for p in self._binary_params]
+        before = self._flips.signs() if self._flips is not None else None
         for opt in self.optimizers:
             opt.step()
         if self.clip_binary:
             torch._foreach_clamp_min_(self._binary_params, -1.0)
             torch._foreach_clamp_max_(self._binary_params, 1.0)
         if before is not None:
-            for p, was_positive in zip(self._binary_params, before, strict=True):
-                self._flip_totals[p].add_(((p >= 0) != was_positive).sum())
-            self._flip_steps += 1
+            self._flips.add(before)
         self.step_count += 1
 
     def read_flips(self, reset: bool = True) -> list[tuple[Tensor, Tensor, int]]:
         """``(param, flipped_total, steps)`` per binary kernel since the last reset."""
         if isinstance(self.binary, Bop):
             return self.binary.read_flips(reset)
-        if not self._own_flips or not self._flip_steps:
-            return []
-        out = [(p, self._flip_totals[p].clone(), self._flip_steps) for p in self._binary_params]
-        if reset:
-            for total in self._flip_totals.values():
-                total.zero_()
-            self._flip_steps = 0
-        return out
+        return self._flips.read(reset) if self._flips is not None else []
 
     def state_dict(self) -> dict:
         return {

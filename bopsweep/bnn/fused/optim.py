@@ -29,7 +29,16 @@ from torch.optim import Optimizer
 
 from bopsweep.bnn.fused.layers import FusedModel, member_view
 from bopsweep.bnn.metrics import log_flip_ratio
-from bopsweep.bnn.optim import _BOP2_EPS, Bop, _check_rate, _check_threshold, _flat, bop, bop2
+from bopsweep.bnn.optim import (
+    _BOP2_EPS,
+    Bop,
+    SignFlipCounter,
+    _check_rate,
+    _check_threshold,
+    _flat,
+    bop,
+    bop2,
+)
 from bopsweep.bnn.schedules import Schedule, as_schedule
 
 __all__ = [
@@ -390,12 +399,15 @@ class FusedCaseOptimizer:
             else list(binary.params)
         )
         self._check_claims(model)
-        self._own_flips = count_flips and not isinstance(binary, FusedBop)
-        self._flip_totals = {
-            p: torch.zeros(self.members, dtype=torch.float64, device=p.device)
-            for p in self._binary_params
-        }
-        self._flip_steps = 0
+        self._flips = (
+            SignFlipCounter(
+                self._binary_params,
+                lambda changed: member_view(changed, self.members).flatten(1).sum(1),
+                (self.members,),
+            )
+            if count_flips and not isinstance(binary, FusedBop)
+            else None
+        )
 
     def _check_claims(self, model: nn.Module) -> None:
         claims: dict[int, int] = {}
@@ -435,7 +447,7 @@ class FusedCaseOptimizer:
             for optimizer in self._lr_optimizers():
                 for k, schedule in enumerate(self.lr_schedules):
                     optimizer.set_lr(k, schedule(self.step_count))
-        before = [p >= 0 for p in self._binary_params] if self._own_flips else None
+        before = self._flips.signs() if self._flips is not None else None
         self.binary.step()
         if self.fp is not None:
             self.fp.step()
@@ -443,24 +455,14 @@ class FusedCaseOptimizer:
             torch._foreach_clamp_min_(self._binary_params, -1.0)
             torch._foreach_clamp_max_(self._binary_params, 1.0)
         if before is not None:
-            for p, was_positive in zip(self._binary_params, before, strict=True):
-                changed = member_view((p >= 0) != was_positive, self.members)
-                self._flip_totals[p].add_(changed.flatten(1).sum(1))
-            self._flip_steps += 1
+            self._flips.add(before)
         self.step_count += 1
 
     def read_flips(self, reset: bool = True) -> list[tuple[Tensor, Tensor, int]]:
         """``(param, flipped_totals [K], steps)`` per binary kernel since the last reset."""
         if isinstance(self.binary, FusedBop):
             return self.binary.read_flips(reset)
-        if not self._own_flips or not self._flip_steps:
-            return []
-        out = [(p, self._flip_totals[p].clone(), self._flip_steps) for p in self._binary_params]
-        if reset:
-            for total in self._flip_totals.values():
-                total.zero_()
-            self._flip_steps = 0
-        return out
+        return self._flips.read(reset) if self._flips is not None else []
 
     def state_dict(self) -> dict:
         return {
