@@ -56,12 +56,42 @@ class _FusedDense:
         per_member = kernel.shape[0] // members
         # [B, K*in] -> [K, B, in] @ [K, in, out] -> [K, B, out] -> [B, K*out]
         inputs = x.view(batch, members, -1).transpose(0, 1)
-        weights = kernel.view(members, per_member, -1).transpose(1, 2)
-        if self.bias is None:
-            out = torch.bmm(inputs, weights)
-        else:
-            out = torch.baddbmm(self.bias.view(members, 1, per_member), inputs, weights)
+        weights = kernel.view(members, per_member, -1)
+        bias = None if self.bias is None else self.bias.view(members, 1, per_member)
+        out = _MemberMatmul.apply(inputs, weights, bias)
         return out.transpose(0, 1).reshape(batch, members * per_member)
+
+
+class _MemberMatmul(torch.autograd.Function):
+    """``inputs @ weights^T (+ bias)`` per member, as ``F.linear`` computes each one.
+
+    Autograd's own backward of ``bmm(inputs, weights.transpose(1, 2))`` makes the
+    kernel's gradient as ``[K, in, out]``, the transpose of the kernel's layout, and
+    copying it into place took a third of a fused MLP step (9 members on digits).
+    Here it is computed as ``F.linear``'s backward does, ``grad^T @ inputs``, directly
+    in the kernel's layout. The forward is unchanged: the same products in the same
+    order as each member's own layer."""
+
+    @staticmethod
+    def forward(ctx, inputs: Tensor, weights: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(inputs, weights)
+        ctx.has_bias = bias is not None
+        transposed = weights.transpose(1, 2)
+        if bias is None:
+            return torch.bmm(inputs, transposed)
+        return torch.baddbmm(bias, inputs, transposed)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        inputs, weights = ctx.saved_tensors
+        grad_inputs = grad_weights = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_inputs = torch.bmm(grad, weights)
+        if ctx.needs_input_grad[1]:
+            grad_weights = torch.bmm(grad.transpose(1, 2), inputs)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(1, keepdim=True)
+        return grad_inputs, grad_weights, grad_bias
 
 
 class FusedLinear(_FusedDense, nn.Linear):

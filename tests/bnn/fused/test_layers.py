@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from bopsweep.bnn.fused import fuse_models, member_cross_entropy, member_state_dict, member_view
-from bopsweep.bnn.layers import binary_parameters
+from bopsweep.bnn.layers import QuantLinear, binary_parameters
 from bopsweep.bnn.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,3 +73,26 @@ def test_members_of_different_architectures_do_not_fuse():
     other = build_model("mlp", (1, 8, 8), 3)
     with pytest.raises((ValueError, RuntimeError)):
         fuse_models([mlp, other])
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_fused_dense_layers_with_bias_give_each_members_outputs_and_gradients(binary):
+    members, batch = 3, 5
+    torch.manual_seed(0)
+    if binary:
+        layers = [QuantLinear(6, 4, bias=True) for _ in range(members)]
+    else:
+        layers = [torch.nn.Linear(6, 4, bias=True) for _ in range(members)]
+    fused = fuse_models([torch.nn.Sequential(layer) for layer in layers]).body[0]
+    x = torch.randn(batch, members * 6, requires_grad=True)
+    out = fused(x)
+    weights = torch.randn(out.shape)
+    (out * weights).sum().backward()
+    for k, layer in enumerate(layers):
+        own_x = x.detach()[:, 6 * k : 6 * (k + 1)].clone().requires_grad_()
+        own = layer(own_x)
+        (own * weights[:, 4 * k : 4 * (k + 1)]).sum().backward()
+        torch.testing.assert_close(out[:, 4 * k : 4 * (k + 1)], own)
+        torch.testing.assert_close(x.grad[:, 6 * k : 6 * (k + 1)], own_x.grad)
+        torch.testing.assert_close(member_view(fused.weight.grad, members)[k], layer.weight.grad)
+        torch.testing.assert_close(member_view(fused.bias.grad, members)[k], layer.bias.grad)
