@@ -65,6 +65,9 @@ class Plan:
     log_server: bool  # a real `mlflow server`, or a sqlite URI
     memory_steps: int
     shared_images_per_batch: int  # CIFAR-10 files of this size for the sharing probe
+    # BinaryNet's batch in the fusion section's member comparison: the paper's 100, or
+    # a smaller one for the smoke run (a CPU without AVX-512 steps 100 images in ~3 s).
+    member_batch_size: int
     startup_rounds: int
     startup_warmup: int
     startup_budget_s: float
@@ -89,6 +92,7 @@ FULL = Plan(
     log_server=True,
     memory_steps=4,
     shared_images_per_batch=10_000,  # the real CIFAR-10: 50,000 + 10,000 images
+    member_batch_size=BATCH_SIZE,
     startup_rounds=7,
     startup_warmup=1,
     startup_budget_s=20.0,
@@ -110,6 +114,7 @@ QUICK = Plan(
     log_server=False,
     memory_steps=1,
     shared_images_per_batch=500,
+    member_batch_size=10,
     startup_rounds=1,
     startup_warmup=0,
     startup_budget_s=0.0,

@@ -6,7 +6,7 @@ Two measurements:
   folder), fused (``fuse: auto``, the default) and unfused (``--set fuse=off``), one
   after the other: wall time and member samples per second (every trial's training
   samples over the wall time);
-* BinaryNet at batch 100 on CIFAR-shaped data, K members fused against K separate
+* BinaryNet at batch 100 (``--quick``: 10) on CIFAR-shaped data, K members fused against K separate
   trainers stepping one after the other, for K in the plan's sizes: samples per
   second per member (one training step = one epoch of one batch, as in
   ``train_step``), interleaved rounds.
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from bopsweep.bench.common import (
-    BATCH_SIZE,
     Context,
     Row,
     binarynet_config,
@@ -85,7 +84,7 @@ def _quickstart(context: Context, fuse: str) -> dict[str, Any]:
     }
 
 
-def _members(device, members: int):
+def _members(device, members: int, batch_size: int):
     """K fused BinaryNet members and K separate trainers of the same configs."""
     from bopsweep.data import make_synthetic
     from bopsweep.train import Trainer
@@ -94,8 +93,9 @@ def _members(device, members: int):
     precision = "bf16" if _native(device) else "fp32"
     base = binarynet_config(device.type, precision)
     gammas = [10.0 ** -(3 + k / max(1, members - 1)) for k in range(members)]
-    configs = [base.model_copy(update={"hparams": {**base.hparams, "gamma": g}}) for g in gammas]
-    data = make_synthetic(n_train=BATCH_SIZE, n_val=2)
+    hparams = {**base.hparams, "batch_size": batch_size}
+    configs = [base.model_copy(update={"hparams": {**hparams, "gamma": g}}) for g in gammas]
+    data = make_synthetic(n_train=batch_size, n_val=2)
     fused = FusedTrainer(configs, data, device=device)
     separate = [Trainer(c, data, device=device) for c in configs]
     return precision, fused, separate
@@ -119,7 +119,8 @@ def measure(context: Context) -> dict[str, Any]:
             section["quickstart"][label] = {"fuse": fuse, **_quickstart(context, fuse)}
     sizes = (1, 2) if plan.quick else (1, 3, 9)
     for members in sizes:
-        precision, fused, separate = _members(device, members)
+        batch = plan.member_batch_size
+        precision, fused, separate = _members(device, members, batch)
         timings = interleaved(
             {
                 "fused": fused.train_epoch,
@@ -133,10 +134,11 @@ def measure(context: Context) -> dict[str, Any]:
         fused_s, separate_s = timings["fused"]["median_s"], timings["separate"]["median_s"]
         section["binarynet"][str(members)] = {
             "precision": precision,
+            "batch_size": batch,
             "fused_step_s": fused_s,
             "separate_steps_s": separate_s,
-            "fused_member_samples_per_s": BATCH_SIZE * members / fused_s,
-            "separate_member_samples_per_s": BATCH_SIZE * members / separate_s,
+            "fused_member_samples_per_s": batch * members / fused_s,
+            "separate_member_samples_per_s": batch * members / separate_s,
             "gain": separate_s / fused_s,
             "rounds": timings["fused"]["rounds"],
         }
@@ -189,7 +191,8 @@ def rows(section: dict[str, Any]) -> list[Row]:
         out.append(
             (
                 "fusion",
-                f"BinaryNet K={members} ({figures['precision']}): samples/s per member",
+                f"BinaryNet K={members} ({figures['precision']}, batch "
+                f"{figures['batch_size']}): samples/s per member",
                 f"fused {figures['fused_member_samples_per_s']:.1f} vs separate "
                 f"{figures['separate_member_samples_per_s']:.1f} ({figures['gain']:.2f}x)",
                 "",

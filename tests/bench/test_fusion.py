@@ -3,6 +3,8 @@ BinaryNet members fused against separate trainers."""
 
 from __future__ import annotations
 
+from bopsweep.bench.common import BATCH_SIZE, FULL, QUICK
+
 
 def test_the_quickstart_ran_fused(quick_bench):
     """The smoke run runs the quickstart fused only: its unfused run is the same
@@ -23,3 +25,8 @@ def test_binarynet_members_fused_and_separate_are_timed(quick_bench):
         assert row["fused_member_samples_per_s"] > 0
         assert row["gain"] == row["separate_steps_s"] / row["fused_step_s"]
         assert row["rounds"] >= 1, members
+        assert row["batch_size"] == QUICK.member_batch_size
+
+
+def test_the_full_bench_compares_members_at_the_papers_batch():
+    assert FULL.member_batch_size == BATCH_SIZE == 100
