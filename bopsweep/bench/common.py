@@ -68,6 +68,10 @@ class Plan:
     # BinaryNet's batch in the fusion section's member comparison: the paper's 100, or
     # a smaller one for the smoke run (a CPU without AVX-512 steps 100 images in ~3 s).
     member_batch_size: int
+    # Seconds for the whole member comparison (every K): a K whose rounds would end
+    # past it, projected from the smaller K's, is left out (fp32 BinaryNet on a CPU
+    # without AVX-512: one K = 9 round takes about a minute).
+    member_budget_s: float
     startup_rounds: int
     startup_warmup: int
     startup_budget_s: float
@@ -93,6 +97,7 @@ FULL = Plan(
     memory_steps=4,
     shared_images_per_batch=10_000,  # the real CIFAR-10: 50,000 + 10,000 images
     member_batch_size=BATCH_SIZE,
+    member_budget_s=90.0,
     startup_rounds=7,
     startup_warmup=1,
     startup_budget_s=20.0,
@@ -115,6 +120,7 @@ QUICK = Plan(
     memory_steps=1,
     shared_images_per_batch=500,
     member_batch_size=10,
+    member_budget_s=60.0,
     startup_rounds=1,
     startup_warmup=0,
     startup_budget_s=0.0,
@@ -379,6 +385,12 @@ def target_rows(name: str, section: dict[str, Any]) -> list[Row]:
         )
         for key, t in section.get("targets", {}).items()
     ]
+
+
+def ray_trials(results: Path) -> list[str]:
+    """The Ray trials a sweep's results folder holds: ``trial_NNN`` for a trial alone,
+    ``fused_NNN`` for a fused group."""
+    return sorted(p.name for p in results.iterdir() if p.name.startswith(("trial_", "fused_")))
 
 
 def binarynet_config(device: str, precision: str):

@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from bopsweep.bench.common import (
+    MIN_ROUNDS,
     Context,
     Row,
     binarynet_config,
     interleaved,
     quickstart_spec_path,
+    ray_trials,
     target,
 )
 from bopsweep.sweep.fusion import measured_gain_path, record_gains
@@ -57,6 +59,14 @@ def _quickstart(context: Context, fuse: str) -> dict[str, Any]:
         len(load_dataset(t.train.dataset).train_y) * t.train.resolved_hparams().epochs
         for t in trials
     )
+    overhead = context.sections.get("sweep_overhead", {})
+    if fuse == "auto" and not plan.quick and "timeline" in overhead:
+        # sweep_overhead ran this very command (the quickstart as shipped, fuse: auto)
+        # earlier in this bench: its run is this one, not run a second time.
+        wall = overhead["wall_s"]
+        figures = _figures(wall, overhead["timeline"], overhead["ray_trials"])
+        figures["run_by"] = "sweep_overhead"
+        return {"trials": len(trials), **figures, "samples_per_s": train_samples / wall}
     folder = context.workdir / f"quickstart-fuse-{fuse}"
     folder.mkdir(parents=True, exist_ok=True)
     command = [str(Path(sys.executable).parent / "bopsweep"), "run", str(spec)]
@@ -69,14 +79,15 @@ def _quickstart(context: Context, fuse: str) -> dict[str, Any]:
         raise RuntimeError(f"bopsweep run exited {done.returncode}: {done.stderr[-2000:]}")
     results = folder / "bopsweep_results" / "quickstart"
     timeline = json.loads((results / "timeline.json").read_text())
+    figures = _figures(wall, timeline, ray_trials(results))
+    return {"trials": len(trials), **figures, "samples_per_s": train_samples / wall}
+
+
+def _figures(wall: float, timeline: dict[str, float], ray_trials: list[str]) -> dict[str, Any]:
     return {
-        "trials": len(trials),
         # The Ray trials the run made: trial_NNN alone, fused_NNN for a fused group.
-        "ray_trials": sorted(
-            p.name for p in results.iterdir() if p.name.startswith(("trial_", "fused_"))
-        ),
+        "ray_trials": ray_trials,
         "wall_s": wall,
-        "samples_per_s": train_samples / wall,
         "first_trial_s": timeline.get("first_trial"),
         "trials_done_s": timeline.get("trials_done"),
         "trial_train_s": timeline.get("trials.train_s"),
@@ -118,8 +129,18 @@ def measure(context: Context) -> dict[str, Any]:
         for label, fuse in runs:
             section["quickstart"][label] = {"fuse": fuse, **_quickstart(context, fuse)}
     sizes = (1, 2) if plan.quick else (1, 3, 9)
+    batch = plan.member_batch_size
+    started, per_member_round = time.perf_counter(), None
     for members in sizes:
-        batch = plan.member_batch_size
+        if per_member_round is not None:
+            # Warm-up plus the fewest rounds of this K, from the last K's round time.
+            projected = per_member_round * members * (plan.train_warmup + MIN_ROUNDS)
+            if time.perf_counter() - started + projected > plan.member_budget_s:
+                section["binarynet"][str(members)] = {
+                    "skipped": f"over the bench's time budget on this device (about "
+                    f"{projected:.0f} s more; {plan.member_budget_s:g} s for every K)"
+                }
+                continue
         precision, fused, separate = _members(device, members, batch)
         timings = interleaved(
             {
@@ -132,6 +153,7 @@ def measure(context: Context) -> dict[str, Any]:
             budget_s=plan.train_budget_s,
         )
         fused_s, separate_s = timings["fused"]["median_s"], timings["separate"]["median_s"]
+        per_member_round = (fused_s + separate_s) / members
         section["binarynet"][str(members)] = {
             "precision": precision,
             "batch_size": batch,
@@ -143,13 +165,14 @@ def measure(context: Context) -> dict[str, Any]:
             "rounds": timings["fused"]["rounds"],
         }
         del fused, separate
+    measured = [k for k in sizes if "gain" in section["binarynet"][str(k)]]
     targets = {}
     if "auto" in section["quickstart"]:
         wall = section["quickstart"]["auto"]["wall_s"]
         what = f"quickstart end to end (fused) <= {QUICKSTART_TARGET_S:g} s on the CPU"
         if not plan.quick:
             targets["quickstart_wall"] = target(wall, QUICKSTART_TARGET_S, "<=", what)
-    largest = str(max(sizes))
+    largest = str(max(measured))
     if device.type == "cuda" and not plan.quick:
         gain = section["binarynet"][largest]["gain"]
         what = f"BinaryNet member throughput fused vs separate at K={largest} >= {GPU_GAIN_TARGET}x"
@@ -188,6 +211,9 @@ def rows(section: dict[str, Any]) -> list[Row]:
             )
         )
     for members, figures in section.get("binarynet", {}).items():
+        if "skipped" in figures:
+            out.append(("fusion", f"BinaryNet K={members}", figures["skipped"], "", ""))
+            continue
         out.append(
             (
                 "fusion",

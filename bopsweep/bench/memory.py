@@ -101,7 +101,14 @@ def dataset_sharing_probe(plan: Plan, workdir: Path) -> dict[str, Any]:
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        # The probe's workers' own log lines (torch's warnings) are not the bench's output.
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
     try:
         actors = datacache.start("bench", {"cifar10"})
         try:

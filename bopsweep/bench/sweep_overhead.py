@@ -24,7 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bopsweep.bench.common import Context, Row, RssSampler, mib, quickstart_spec_path, target
+from bopsweep.bench.common import (
+    Context,
+    Row,
+    RssSampler,
+    mib,
+    quickstart_spec_path,
+    ray_trials,
+    target,
+)
 
 # Some trials' own training, in a fresh process (the ideal's measurement): argv is
 # the spec, the overrides (JSON), the thread count, the slot and the slot count.
@@ -160,6 +168,7 @@ def measure(context: Context) -> dict[str, Any]:
         "startup_s": timeline.get("first_trial", timeline["tuner_built"]),
         "split_s": parts,
         "timeline": timeline,
+        "ray_trials": ray_trials(results),
         "stderr_lines": len(done.stderr.splitlines()),
         "stdout_lines": len(done.stdout.splitlines()),
         "driver_cpu_s": timeline.get("driver_cpu_s"),

@@ -30,3 +30,44 @@ def test_binarynet_members_fused_and_separate_are_timed(quick_bench):
 
 def test_the_full_bench_compares_members_at_the_papers_batch():
     assert FULL.member_batch_size == BATCH_SIZE == 100
+
+
+def test_a_member_count_past_the_budget_is_left_out(monkeypatch, tmp_path):
+    """A K whose rounds, projected from the smaller K's, would end past the member
+    budget is not measured; the largest K measured is the one recorded for auto."""
+    import dataclasses
+
+    import torch
+
+    from bopsweep.bench import fusion
+    from bopsweep.bench.common import Context
+
+    class Trainer(int):
+        """Stands for K members (fused) or one member (separate): its step costs
+        10 s a member fused, 12 s a member separate."""
+
+        def train_epoch(self) -> None: ...
+
+    def members(device, k, batch):
+        return "fp32", Trainer(k), [Trainer(1)] * k
+
+    def timed(candidates, *args, **kwargs):
+        k = candidates["fused"].__self__
+        return {
+            "fused": {"median_s": 10.0 * k, "rounds": 3},
+            "separate": {"median_s": 12.0 * k, "rounds": 3},
+        }
+
+    run = {"trials": 9, "wall_s": 1.0, "samples_per_s": 1.0, "trial_train_s": 1.0}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(fusion, "_quickstart", lambda context, fuse: dict(run))
+    monkeypatch.setattr(fusion, "_members", members)
+    monkeypatch.setattr(fusion, "interleaved", timed)
+    plan = dataclasses.replace(FULL, member_budget_s=300.0)
+    section = fusion.measure(Context(torch.device("cpu"), plan, tmp_path, {}))
+    # K=1: 22 s a round; K=3, projected 3 x 22 x 4 = 264 s, fits in 300 s; K=9 does not.
+    assert section["binarynet"]["1"]["gain"] == 1.2
+    assert section["binarynet"]["3"]["gain"] == 1.2
+    assert "time budget" in section["binarynet"]["9"]["skipped"]
+    assert section["recorded_gains"]["binarynet"] == 1.2
+    assert any("K=9" in row[1] and "budget" in row[2] for row in fusion.rows(section))
