@@ -52,3 +52,12 @@ def test_bf16_is_not_measured_where_it_is_not_native(monkeypatch, tmp_path):
     assert ("train_step", "bnn_bf16, fp_bf16", "bf16 not native on this CPU: not measured") in [
         row[:3] for row in rows
     ]
+
+
+def test_larq_is_compared_on_the_same_kind_of_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert train_step.larq_anchor(torch.device("cpu")) == (12.2, "AVX2")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert train_step.larq_anchor(torch.device("cpu")) == (48.7, "AVX512")
+    # Off the CPU, the faster CPU's figure.
+    assert train_step.larq_anchor(torch.device("cuda")) == (48.7, "AVX512")
