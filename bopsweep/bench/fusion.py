@@ -180,14 +180,19 @@ def measure(context: Context) -> dict[str, Any]:
     section["targets"] = targets
     if not plan.quick:
         # What `fuse: auto` decides by on this machine from now on.
-        gains = {"binarynet": section["binarynet"][largest]["gain"]}
+        gains = {}
+        if int(largest) > 1:
+            # One member "fused" is no fusion: with only K = 1 measured, the gain
+            # recorded before (or shipped) stands.
+            gains["binarynet"] = section["binarynet"][largest]["gain"]
         if "auto" in section["quickstart"]:
             # The trials' own training, summed over Ray trials (core-seconds), fused
             # against unfused: the member throughput fusion gives, without the fixed
             # costs both runs pay alike.
             quick = section["quickstart"]
             gains["mlp"] = quick["off"]["trial_train_s"] / quick["auto"]["trial_train_s"]
-        record_gains(device.type, gains)
+        if gains:
+            record_gains(device.type, gains)
         section["recorded_gains"] = {"path": str(measured_gain_path()), **gains}
     return section
 

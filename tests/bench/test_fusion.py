@@ -71,3 +71,9 @@ def test_a_member_count_past_the_budget_is_left_out(monkeypatch, tmp_path):
     assert "time budget" in section["binarynet"]["9"]["skipped"]
     assert section["recorded_gains"]["binarynet"] == 1.2
     assert any("K=9" in row[1] and "budget" in row[2] for row in fusion.rows(section))
+    # With only K = 1 measured there is no fusion gain to record for BinaryNet.
+    plan = dataclasses.replace(FULL, member_budget_s=50.0)
+    section = fusion.measure(Context(torch.device("cpu"), plan, tmp_path, {}))
+    assert set(section["binarynet"]["3"]) == {"skipped"}
+    assert "binarynet" not in section["recorded_gains"]
+    assert section["recorded_gains"]["mlp"] == 1.0
