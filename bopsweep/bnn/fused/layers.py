@@ -70,12 +70,16 @@ class _MemberMatmul(torch.autograd.Function):
     copying it into place took a third of a fused MLP step (9 members on digits).
     Here it is computed as ``F.linear``'s backward does, ``grad^T @ inputs``, directly
     in the kernel's layout. The forward is unchanged: the same products in the same
-    order as each member's own layer."""
+    order as each member's own layer. The backward runs under the forward's autocast
+    state (bf16 training), as ``torch.amp.custom_bwd`` would arrange for one device."""
 
     @staticmethod
     def forward(ctx, inputs: Tensor, weights: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(inputs, weights)
         ctx.has_bias = bias is not None
+        device = inputs.device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device))
+        ctx.autocast_enabled = torch.is_autocast_enabled(device)
         transposed = weights.transpose(1, 2)
         if bias is None:
             return torch.bmm(inputs, transposed)
@@ -85,10 +89,12 @@ class _MemberMatmul(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         inputs, weights = ctx.saved_tensors
         grad_inputs = grad_weights = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_inputs = torch.bmm(grad, weights)
-        if ctx.needs_input_grad[1]:
-            grad_weights = torch.bmm(grad.transpose(1, 2), inputs)
+        device, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=ctx.autocast_enabled):
+            if ctx.needs_input_grad[0]:
+                grad_inputs = torch.bmm(grad, weights)
+            if ctx.needs_input_grad[1]:
+                grad_weights = torch.bmm(grad.transpose(1, 2), inputs)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(1, keepdim=True)
         return grad_inputs, grad_weights, grad_bias

@@ -96,3 +96,26 @@ def test_fused_dense_layers_with_bias_give_each_members_outputs_and_gradients(bi
         torch.testing.assert_close(x.grad[:, 6 * k : 6 * (k + 1)], own_x.grad)
         torch.testing.assert_close(member_view(fused.weight.grad, members)[k], layer.weight.grad)
         torch.testing.assert_close(member_view(fused.bias.grad, members)[k], layer.bias.grad)
+
+
+def test_fused_dense_layers_train_under_bf16_autocast():
+    """As each member's own layer under autocast: bf16 products, float32 gradients
+    for the float32 parameters (the backward runs under the forward's autocast)."""
+    members, batch = 2, 5
+    torch.manual_seed(0)
+    layers = [QuantLinear(6, 4, bias=True) for _ in range(members)]
+    fused = fuse_models([torch.nn.Sequential(layer) for layer in layers]).body[0]
+    x = torch.randn(batch, members * 6)
+    weights = torch.randn(batch, members * 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused(x)
+    assert out.dtype == torch.bfloat16
+    (out.float() * weights).sum().backward()
+    assert fused.weight.grad.dtype == torch.float32
+    for k, layer in enumerate(layers):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            own = layer(x[:, 6 * k : 6 * (k + 1)])
+        (own.float() * weights[:, 4 * k : 4 * (k + 1)]).sum().backward()
+        torch.testing.assert_close(out[:, 4 * k : 4 * (k + 1)], own)
+        torch.testing.assert_close(member_view(fused.weight.grad, members)[k], layer.weight.grad)
+        torch.testing.assert_close(member_view(fused.bias.grad, members)[k], layer.bias.grad)
