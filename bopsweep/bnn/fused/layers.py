@@ -78,8 +78,11 @@ class _MemberMatmul(torch.autograd.Function):
         ctx.save_for_backward(inputs, weights)
         ctx.has_bias = bias is not None
         device = inputs.device.type
-        ctx.autocast = (device, torch.get_autocast_dtype(device))
-        ctx.autocast_enabled = torch.is_autocast_enabled(device)
+        ctx.autocast = {
+            "device_type": device,
+            "dtype": torch.get_autocast_dtype(device),
+            "enabled": torch.is_autocast_enabled(device),
+        }
         transposed = weights.transpose(1, 2)
         if bias is None:
             return torch.bmm(inputs, transposed)
@@ -89,8 +92,7 @@ class _MemberMatmul(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         inputs, weights = ctx.saved_tensors
         grad_inputs = grad_weights = grad_bias = None
-        device, dtype = ctx.autocast
-        with torch.autocast(device, dtype=dtype, enabled=ctx.autocast_enabled):
+        with torch.autocast(**ctx.autocast):
             if ctx.needs_input_grad[0]:
                 grad_inputs = torch.bmm(grad, weights)
             if ctx.needs_input_grad[1]:
