@@ -44,6 +44,8 @@ from bopsweep.sweep.trainable import (
 from bopsweep.train_fused import FusedCallback, FusedTrainer
 
 STOPPED_EARLY = "stopped early"
+# A member whose run ended FINISHED before a restart: frozen, not trained again.
+COMPLETED = "finished before the restart"
 
 
 class SuccessiveHalving:
@@ -85,8 +87,10 @@ class _ReportGroupToTune(FusedCallback):
         sweep: dict,
         halving: SuccessiveHalving | None,
         extra: list,
+        completed: dict[int, dict],
     ) -> None:
         self.trackers = trackers
+        self.completed = completed
         self.indices = indices
         self.policy = policy
         self.timings = timings
@@ -135,8 +139,7 @@ class _ReportGroupToTune(FusedCallback):
         last = trainer.epoch >= trainer.epochs or not trainer.active
         if last:
             started = time.perf_counter()
-            for tracker in self.trackers.values():
-                tracker.flush()
+            tracking.flush_all(self.trackers.values())
             self.timings["drain_s"] += time.perf_counter() - started
         result = self._result(trainer, metrics)
         if not self.policy.due(trainer.epoch, last):
@@ -147,20 +150,21 @@ class _ReportGroupToTune(FusedCallback):
         self.policy.taken()
 
     def _result(self, trainer: FusedTrainer, metrics: list) -> dict[str, Any]:
-        members: dict[str, dict] = {}
-        for k, index in enumerate(self.indices):
+        parts: dict[int, dict] = {}
+        for k in range(len(self.indices)):
+            if k in self.completed:
+                parts[k] = dict(self.completed[k])
+                continue
             part = dict(metrics[k] or (trainer.histories[k][-1] if trainer.histories[k] else {}))
             if k in trainer.stopped:
                 reason = trainer.stopped[k]
-                part[MEMBER_STATUS_KEY] = "FINISHED" if reason == STOPPED_EARLY else "FAILED"
-                if reason != STOPPED_EARLY:
+                failed = reason not in (STOPPED_EARLY, COMPLETED)
+                part[MEMBER_STATUS_KEY] = "FAILED" if failed else "FINISHED"
+                if failed:
                     part[MEMBER_ERROR_KEY] = reason
-            members[str(index)] = part
-        values = [m[self.metric] for m in metrics if m is not None and self.metric in m]
-        result: dict[str, Any] = {"epoch": trainer.epoch - 1, "members": members}
-        if values:
-            result[self.metric] = max(values) if self.mode == "max" else min(values)
-        return result
+            parts[k] = part
+        ranked = [m for m in metrics if m is not None] + list(self.completed.values())
+        return _group_result(parts, self.indices, trainer.epoch - 1, ranked, self.metric, self.mode)
 
 
 def _halving(sweep: dict, epochs: int) -> SuccessiveHalving | None:
@@ -175,13 +179,21 @@ def _halving(sweep: dict, epochs: int) -> SuccessiveHalving | None:
     )
 
 
-def _completed_result(completed: dict[int, dict], indices: list[int], sweep: dict) -> dict:
-    """The group's report when every member's run had already finished."""
-    metric, mode = sweep.get("metric", "val_accuracy"), sweep.get("mode", "max")
-    values = [m[metric] for m in completed.values() if metric in m]
+def _group_result(
+    parts: dict[int, dict],
+    indices: list[int],
+    epoch: int,
+    ranked: list[dict],
+    metric: str,
+    mode: str,
+) -> dict[str, Any]:
+    """The group's report to Ray Tune: member ``k``'s metrics under
+    ``members.<its trial index>``, and at the top the best value of the sweep's metric
+    among the ``ranked`` members' metrics."""
+    values = [m[metric] for m in ranked if metric in m]
     result: dict[str, Any] = {
-        "epoch": max(int(m.get("epoch", -1)) for m in completed.values()),
-        "members": {str(indices[k]): m for k, m in completed.items()},
+        "epoch": epoch,
+        "members": {str(indices[k]): part for k, part in parts.items()},
     }
     if values:
         result[metric] = max(values) if mode == "max" else min(values)
@@ -229,24 +241,36 @@ def run_group(config: dict[str, Any]) -> None:
 
     # One after the other: a few requests each (threads only contend for a local
     # sqlite store's lock: 0.7 s against 0.1 s for five runs).
-    trackers: dict[int, TrialTracker] = {k: open_run(k) for k in trainer.active}
+    trackers: dict[int, TrialTracker] = {
+        k: open_run(k)
+        for k in range(len(members))
+        if trainer.stopped.get(k, COMPLETED) == COMPLETED
+    }
     # Members whose runs ended FINISHED before the driver died (after Ray's last
-    # snapshot of the sweep) keep their runs as they are; a group of only those is done.
+    # snapshot of the sweep) keep their runs as they are and are frozen, not trained
+    # again; a group of only those is done.
     completed = {k: t.completed for k, t in trackers.items() if t.completed is not None}
+    indices = [m["index"] for m in members]
     for k in completed:
         trackers.pop(k).close()
+        if k not in trainer.stopped:
+            trainer.stop(k, COMPLETED)
     if completed and not trackers:
-        tune.report(_completed_result(completed, [m["index"] for m in members], sweep))
+        metric, mode = sweep.get("metric", "val_accuracy"), sweep.get("mode", "max")
+        epoch = max(int(m.get("epoch", -1)) for m in completed.values())
+        ranked = list(completed.values())
+        tune.report(_group_result(completed, indices, epoch, ranked, metric, mode))
         return
     policy = CheckpointPolicy(sweep.get("checkpoint_every"), sweep.get("checkpoint_every_s"))
     report = _ReportGroupToTune(
         trackers,
-        [m["index"] for m in members],
+        indices,
         policy,
         timings,
         sweep,
         _halving(sweep, trainer.epochs),
         extra_callbacks(group["index"]),
+        completed,
     )
     timings["setup_s"] = time.perf_counter() - entered
     try:
@@ -254,18 +278,17 @@ def run_group(config: dict[str, Any]) -> None:
     except UserError as error:
         for tracker in report.trackers.values():
             tracker.set_tags({"bopsweep.failure": str(error)})
-            tracker.finish("FAILED")
+        tracking.finish_all(report.trackers.values(), "FAILED")
         tune.report({USER_ERROR_KEY: str(error)})
         return
     except Exception as error:
         for tracker in report.trackers.values():
             tracker.set_tags({"bopsweep.failure": f"{type(error).__name__}: {error}"})
-            tracker.finish("FAILED")
+        tracking.finish_all(report.trackers.values(), "FAILED")
         raise
     except BaseException:
+        tracking.flush_all(report.trackers.values(), timeout_s=10)
         for tracker in report.trackers.values():
-            tracker.flush(timeout_s=10)
             tracker.close()
         raise
-    for tracker in report.trackers.values():
-        tracker.finish("FINISHED")
+    tracking.finish_all(report.trackers.values(), "FINISHED")

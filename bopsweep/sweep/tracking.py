@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,7 @@ class TrialTracker:
         self._delay = backoff_s
         self._next_try = 0.0
         self.failures = 0
+        self.reachable = True  # the last request reached the server (or none failed)
         self.refused: str | None = None
         # What the sender spent: wall seconds in requests, and its thread's CPU time
         # (the share of a core that logging takes from the trial).
@@ -167,6 +168,7 @@ class TrialTracker:
             action()
         except unreachable_errors() as error:
             self.failures += 1
+            self.reachable = False
             if is_auth_error(error):
                 # Credentials missing or refused where this trial runs: no retry
                 # will succeed; the epochs stay in the local results for sync.
@@ -176,6 +178,7 @@ class TrialTracker:
             return False
         self._delay = self.backoff_s
         self._next_try = 0.0
+        self.reachable = True
         return True
 
     def _connect(self) -> None:
@@ -441,20 +444,48 @@ class TrialTracker:
         self._sender.join(timeout=15)
         self._stop_system_metrics()
 
-    def finish(self, status: str = "FINISHED") -> bool:
-        """Send what is queued, then mark the run; False if the server never answered."""
-        drained = self.flush()
+    def finish(self, status: str = "FINISHED", deadline: float | None = None) -> bool:
+        """Send what is queued, then mark the run; False if the server never answered
+        (within ``drain_timeout_s`` for each, or by ``deadline``, a ``time.monotonic()``
+        time, for both)."""
+        drained = self.flush(None if deadline is None else deadline - time.monotonic())
         self.close()
         if self.completed is not None:
             return True
         if not drained or self.refused:
             return False
-        deadline = time.monotonic() + self.drain_timeout_s
+        if deadline is None:
+            deadline = time.monotonic() + self.drain_timeout_s
         while not self._try(lambda: self.client.set_terminated(self.run_id, status)):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(min(max(self._next_try - time.monotonic(), 0.0), 5.0))
         return True
+
+
+def _group_deadline(trackers: list[TrialTracker], timeout_s: float | None) -> float:
+    longest = max(t.drain_timeout_s for t in trackers) if timeout_s is None else timeout_s
+    return time.monotonic() + longest
+
+
+def flush_all(trackers: Iterable[TrialTracker], timeout_s: float | None = None) -> bool:
+    """Flush several trackers (a fused group's members) against one deadline: each
+    one's sender retries in its own thread, so waiting for them in turn costs one
+    drain timeout when the server is down, not one per member."""
+    trackers = list(trackers)
+    if not trackers:
+        return True
+    deadline = _group_deadline(trackers, timeout_s)
+    return all([t.flush(max(0.0, deadline - time.monotonic())) for t in trackers])
+
+
+def finish_all(trackers: Iterable[TrialTracker], status: str) -> None:
+    """Finish several trackers' runs against one deadline (see :func:`flush_all`)."""
+    trackers = list(trackers)
+    if trackers:
+        deadline = _group_deadline(trackers, None)
+        for tracker in trackers:
+            tracker.finish(status, deadline=deadline)
 
 
 # ---------------------------------------------------------------- run contents

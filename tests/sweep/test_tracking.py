@@ -115,6 +115,32 @@ def test_an_unreachable_server_queues_instead_of_failing(monkeypatch):
     assert not tracker._sender.is_alive() and len(tracker.pending) == 3
 
 
+def test_a_groups_trackers_wait_for_a_down_server_once_not_once_per_member(monkeypatch):
+    """A fused group's members flush and finish against one deadline: each sender
+    retries in its own thread, so the group gives up after one drain timeout."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    timeout, members = 1.5, 4
+    trackers = [
+        tracking.TrialTracker(
+            uri, "0", "parent", k, f"t{k}", backoff_s=0.05, drain_timeout_s=timeout
+        )
+        for k in range(members)
+    ]
+    for tracker in trackers:
+        tracker.log_epoch(_epoch(0), step=0)
+    started = time.monotonic()
+    assert not tracking.flush_all(trackers)
+    tracking.finish_all(trackers, "FINISHED")
+    waited = time.monotonic() - started
+    # Member by member it would be 2 x members x timeout (12 s): one flush and one
+    # finish of the whole group take about 2 x timeout.
+    assert waited < members * timeout, waited
+    assert not any(t._sender.is_alive() for t in trackers)
+    assert all(len(t.pending) == 1 for t in trackers)  # kept for a later sync
+
+
 def test_a_run_gets_summary_metrics_its_dataset_and_system_metrics(shared_store):
     store = shared_store
     from bopsweep.data.in_memory import make_synthetic
