@@ -47,6 +47,10 @@ from bopsweep.train import Callback, Trainer
 STATE_FILE = "trainer.pt"
 META_FILE = "meta.json"
 CALLBACKS_ENV = "BOPSWEEP_TRIAL_CALLBACKS"
+# The most an epoch waits for its metrics to reach the tracking server before a
+# report that a scheduler may answer by stopping the trial (the server answered the
+# request before; an outage that starts meanwhile costs this once).
+STOP_FLUSH_TIMEOUT_S = 30.0
 
 
 def _placement_tags() -> dict[str, str]:
@@ -97,11 +101,13 @@ class _ReportToTune(Callback):
         policy: CheckpointPolicy,
         timings: dict,
         models: tracking.ModelKeeper,
+        may_stop: bool = False,
     ) -> None:
         self.tracker = tracker
         self.policy = policy
         self.timings = timings
         self.models = models
+        self.may_stop = may_stop
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         # Queued for the tracker's sender thread; the epoch does not wait for it.
@@ -109,12 +115,15 @@ class _ReportToTune(Callback):
         self.timings["train_s"] += float(metrics.get("epoch_time_s", 0.0))
         last = trainer.epoch >= trainer.hparams.epochs
         self.models.after_epoch(trainer, last)
-        if last:
-            # Sent (models included) before the last report, which Ray's scheduler
-            # may answer by stopping the trial, and so that Ray's record of the trial
-            # includes the wait for the tracking server.
+        if last or (self.may_stop and self.tracker.reachable):
+            # Sent (models included) before the report, which Ray's scheduler may
+            # answer by stopping the trial: a stopped trial's actor ends within
+            # seconds, and its sender thread with it. After the last epoch also so
+            # that Ray's record of the trial includes the wait for the tracking
+            # server; before other epochs only while the server answers (during an
+            # outage the epochs wait in the queue and the local results, for sync).
             started = time.perf_counter()
-            self.tracker.flush()
+            self.tracker.flush(None if last else STOP_FLUSH_TIMEOUT_S)
             self.timings["drain_s"] += time.perf_counter() - started
         if not self.policy.due(trainer.epoch, last):
             _report(metrics, self.timings, None, {})
@@ -249,7 +258,10 @@ def run_trial(config: dict[str, Any]) -> None:
         tracker.log_epoch(metrics, step=int(metrics["epoch"]))
     policy = CheckpointPolicy(sweep.get("checkpoint_every"), sweep.get("checkpoint_every_s"))
     models = tracking.ModelKeeper(tracker, sweep.get("models", ()))
-    callbacks: list[Callback] = [_ReportToTune(tracker, policy, timings, models)]
+    # An early-stopping scheduler may stop the trial at any report.
+    scheduler = sweep.get("scheduler") or {}
+    may_stop = scheduler.get("type", "fifo") != "fifo"
+    callbacks: list[Callback] = [_ReportToTune(tracker, policy, timings, models, may_stop)]
     callbacks += extra_callbacks(trial["index"])
     timings["setup_s"] = time.perf_counter() - entered
     try:
