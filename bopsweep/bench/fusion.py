@@ -55,10 +55,8 @@ def _quickstart(context: Context, fuse: str) -> dict[str, Any]:
     from bopsweep.sweep.spec import expand, load_spec
 
     trials = expand(load_spec(spec, overrides))
-    train_samples = sum(
-        len(load_dataset(t.train.dataset).train_y) * t.train.resolved_hparams().epochs
-        for t in trials
-    )
+    sizes = {name: len(load_dataset(name).train_y) for name in {t.train.dataset for t in trials}}
+    train_samples = sum(sizes[t.train.dataset] * t.train.resolved_hparams().epochs for t in trials)
     overhead = context.sections.get("sweep_overhead", {})
     if fuse == "auto" and not plan.quick and "timeline" in overhead:
         # sweep_overhead ran this very command (the quickstart as shipped, fuse: auto)
