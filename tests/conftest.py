@@ -1,9 +1,11 @@
 """Fixtures shared by the core tests: a tiny CIFAR-10 on disk in the real
 python-batches format, and the Larq-style "a BNN trains" check used for every
-optimizer variant."""
+optimizer variant; and how the suite is spread over pytest-xdist's workers."""
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,64 @@ class TinyCifar10:
     train_labels: np.ndarray
     test_rows: np.ndarray
     test_labels: np.ndarray
+
+
+TESTS = Path(__file__).resolve().parent
+
+# Session fixtures that each xdist worker may start for itself: a server on its own
+# port and store costs a few seconds, less than keeping every test that uses it on
+# one worker would.
+_PER_WORKER = {"mlflow_server", "auth_server", "s3_server", "cifar10_factory", "private_cache"}
+
+
+def _shared_scope(item: pytest.Item) -> str | None:
+    """Where the widest costly fixture ``item`` uses is shared: its module for a
+    module-scoped fixture, the defining conftest's folder for a session-scoped one."""
+    shared = None
+    for name, definitions in item._fixtureinfo.name2fixturedefs.items():
+        definition = definitions[-1]
+        source = Path(inspect.getfile(definition.func)).resolve()
+        if name in _PER_WORKER or not source.is_relative_to(TESTS):
+            continue  # pytest's own fixtures (tmp_path_factory, ...) cost nothing
+        if definition.scope == "session":
+            return f"session:{source.parent.relative_to(TESTS)}"
+        if definition.scope in ("package", "module", "class"):
+            shared = f"module:{item.nodeid.split('::')[0]}"
+    return shared
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per core, at most four. Most of the suite's time is end-to-end
+    sweeps, each already two trial processes beside Ray's and MLflow's; more workers
+    than that only add memory and contention."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU
+    cores = len(affinity(0)) if affinity else os.cpu_count() or 1
+    return min(cores, 4)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (pyproject's default), tests that share an expensive
+    fixture run on one worker, so it is built once (the quick bench's run, a Ray
+    cluster); every other test goes to whichever worker is free."""
+    for item in items:
+        group = _shared_scope(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The suite never reads or writes this user's bopsweep cache (the fusion gains
+    `bench` records, MLflow's empty-store template): what it finds there would change
+    what `fuse: auto` decides, and the quick bench would overwrite the user's figures."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
 
 
 def make_tiny_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, seed: int = 0):
