@@ -107,12 +107,18 @@ class SweepOutcome:
 
     # ------------------------------------------------------------------ ranking
     def _order(self, trial: TrialOutcome) -> tuple:
-        best = trial.best(self.metric, self.mode)
         sign = -1 if self.mode == "max" else 1
-        return (math.isnan(best), 0 if math.isnan(best) else sign * best, trial.index)
+
+        def key(value: float) -> tuple:
+            return (math.isnan(value), 0 if math.isnan(value) else sign * value)
+
+        final = trial.final(self.metric)
+        return (*key(trial.best(self.metric, self.mode)), *key(final), trial.index)
 
     def ranked(self) -> list[TrialOutcome]:
-        """Trials by their best value of the metric (NaN last), ties by index."""
+        """Trials by their best value of the metric (NaN last); ties (common with a
+        small validation set: accuracies are multiples of one over its size) by their
+        final value, then by index."""
         return sorted(self.trials, key=self._order)
 
     @property

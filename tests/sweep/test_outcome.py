@@ -27,11 +27,14 @@ def _outcome(mode: str = "max", uri: str = "sqlite:///x.db") -> SweepOutcome:
     return outcome
 
 
-def test_trials_rank_by_their_best_value_nan_last_ties_by_index():
+def test_trials_rank_by_their_best_value_nan_last_ties_by_final_value_then_index():
     outcome = _outcome()
-    assert [t.index for t in outcome.ranked()] == [0, 3, 1, 2]
+    assert [t.index for t in outcome.ranked()] == [0, 3, 1, 2]  # 0.9 (final 0.7), 0.9 (0.6)
     assert outcome.best.index == 0
-    assert [t.index for t in _outcome("min").ranked()] == [0, 1, 3, 2]  # 0.5, 0.6, 0.6
+    # min: 0.5; then 0.6 twice: trial 3 ends at 0.6, trial 1 at 0.8
+    assert [t.index for t in _outcome("min").ranked()] == [0, 3, 1, 2]
+    outcome.trials.append(_trial(4, [0.9, 0.7], [0.1, 0.1]))  # trial 0's best and final
+    assert [t.index for t in outcome.ranked()] == [0, 4, 3, 1, 2]
 
 
 def test_summary_figures_of_a_trial_and_of_the_sweep():
