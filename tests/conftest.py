@@ -82,13 +82,9 @@ def private_cache(tmp_path_factory):
     """The suite never reads or writes this user's bopsweep cache (the fusion gains
     `bench` records, MLflow's empty-store template): what it finds there would change
     what `fuse: auto` decides, and the quick bench would overwrite the user's figures."""
-    previous = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
-    yield
-    if previous is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
 
 
 def make_tiny_cifar10(root: Path, per_batch: int = 4, n_test: int = 6, seed: int = 0):

@@ -94,6 +94,7 @@ class _ReportGroupToTune(FusedCallback):
         self.indices = indices
         self.policy = policy
         self.timings = timings
+        self.sweep = sweep
         self.metric = sweep.get("metric", "val_accuracy")
         self.mode = sweep.get("mode", "max")
         self.halving = halving
@@ -164,7 +165,7 @@ class _ReportGroupToTune(FusedCallback):
                     part[MEMBER_ERROR_KEY] = reason
             parts[k] = part
         ranked = [m for m in metrics if m is not None] + list(self.completed.values())
-        return _group_result(parts, self.indices, trainer.epoch - 1, ranked, self.metric, self.mode)
+        return _group_result(parts, self.indices, trainer.epoch - 1, ranked, self.sweep)
 
 
 def _halving(sweep: dict, epochs: int) -> SuccessiveHalving | None:
@@ -184,12 +185,12 @@ def _group_result(
     indices: list[int],
     epoch: int,
     ranked: list[dict],
-    metric: str,
-    mode: str,
+    sweep: dict,
 ) -> dict[str, Any]:
     """The group's report to Ray Tune: member ``k``'s metrics under
     ``members.<its trial index>``, and at the top the best value of the sweep's metric
     among the ``ranked`` members' metrics."""
+    metric, mode = sweep.get("metric", "val_accuracy"), sweep.get("mode", "max")
     values = [m[metric] for m in ranked if metric in m]
     result: dict[str, Any] = {
         "epoch": epoch,
@@ -256,10 +257,8 @@ def run_group(config: dict[str, Any]) -> None:
         if k not in trainer.stopped:
             trainer.stop(k, COMPLETED)
     if completed and not trackers:
-        metric, mode = sweep.get("metric", "val_accuracy"), sweep.get("mode", "max")
         epoch = max(int(m.get("epoch", -1)) for m in completed.values())
-        ranked = list(completed.values())
-        tune.report(_group_result(completed, indices, epoch, ranked, metric, mode))
+        tune.report(_group_result(completed, indices, epoch, list(completed.values()), sweep))
         return
     policy = CheckpointPolicy(sweep.get("checkpoint_every"), sweep.get("checkpoint_every_s"))
     report = _ReportGroupToTune(
