@@ -225,7 +225,10 @@ def _run_train(config, output_dir: Path | None, *, resume: bool = False) -> None
         def on_batch_end(self, trainer: Trainer, step: int) -> None:
             self.progress.update(self.task, completed=step + 1)
 
-        def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        def on_epoch_end(self, trainer: Trainer, members: list) -> None:
+            metrics = members[0]
+            if metrics is None:  # diverged: the run ends with its message
+                return
             test = metrics.get("test_accuracy")
             self.progress.console.print(
                 f"epoch {trainer.epoch}/{hp.epochs}  "
@@ -253,6 +256,7 @@ def _run_train(config, output_dir: Path | None, *, resume: bool = False) -> None
     )
     with progress:
         trainer.fit([Report(progress), *_env_callbacks()])
+    trainer.raise_if_diverged()
     if metrics_file is not None:
         metrics_file.close()
         console.print(f"wrote {output_dir}/metrics.jsonl, config.json, {CHECKPOINT_FILE}")
@@ -310,6 +314,7 @@ def plan(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     s = loaded.spec
     groups = plan_groups(s, trials)
     ray_trial = {t.index: g.dirname for g in groups for t in g.trials}
+    alone_reason = {t.index: g.alone for g in groups for t in g.trials}
     total_epochs = sum(t.train.resolved_hparams().epochs for t in trials)
     stopping = s.stopping
     if as_json:
@@ -331,6 +336,8 @@ def plan(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
                         "train": t.train.model_dump(mode="json"),
                         # The Ray trial that trains it (fused_NNN: a fused group).
                         "ray_trial": ray_trial[t.index],
+                        # Why it trains alone where fuse would group it.
+                        "alone": alone_reason[t.index],
                     }
                     for t in trials
                 ],
@@ -354,6 +361,12 @@ def plan(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
             f"{s.fuse}; --set fuse=off to run each alone)",
             highlight=False,
         )
+    alone: dict[str, int] = {}
+    for group in groups:
+        if group.alone:
+            alone[group.alone] = alone.get(group.alone, 0) + 1
+    for reason, count in alone.items():
+        out.print(f"{count} trials train one per process: {reason}", highlight=False)
     concurrency = (
         f", at most {s.max_concurrent_trials} at a time" if s.max_concurrent_trials else ""
     )

@@ -373,7 +373,7 @@ def _first_error(error: ValidationError) -> str:
 
 
 # ---------------------------------------------------------------- fused trials
-# What may differ between the members of one fused group (bopsweep.train_fused):
+# What may differ between the members of one fused group (bopsweep.train):
 # each member's optimizers hold their own rates and schedules of them, and its
 # own seed decides its initial weights and batch order. Everything else must match.
 MEMBER_HPARAMS: frozenset[str] = frozenset(

@@ -1,14 +1,28 @@
-"""The training loop: one run of one configuration, pure PyTorch.
+"""The training loop: a group of K >= 1 members of one model, pure PyTorch.
 
-``bopsweep train`` calls :func:`train` directly; a Ray Tune trial calls it through
-callbacks that report and checkpoint. Nothing here imports Ray or MLflow, so a
-run behaves the same inside and outside a sweep.
+``bopsweep train`` runs one member; a Ray Tune trial runs a group of K members
+through callbacks that report and checkpoint. Nothing here imports Ray or MLflow, so
+a run behaves the same inside and outside a sweep.
+
+K = 1 is a plain run: the plain model and optimizers, nothing fused. K > 1 members
+share everything but per-member values (:func:`bopsweep.config.fusion_key`: Bop's
+threshold, gamma and sigma, the learning rate, weight decay, their schedules, and
+the seed) and train as one stacked model (:mod:`bopsweep.bnn.fused`). Each member
+starts from exactly the weights its own run would (its model is built under its
+seed), draws its batches in the order of its own seed (members that share a seed
+share their batches, which then go through the model once), and gets the same
+per-epoch metrics under the same names as a run of its own.
 
 Per epoch the loop produces the metrics the paper looks at: losses and accuracies,
 the flip ratio over all binary weights and per binary layer, its log form, and the
 current gamma / threshold / learning rate. Losses, accuracies and flip counts are
 accumulated on the device and read once per epoch, so the loop never waits on a
 host sync per step.
+
+A member whose loss stops being finite is stopped (:meth:`Trainer.stop`: its weights,
+optimizer state and BatchNorm statistics stop changing, its loss leaves the sum that
+is backpropagated) and the others go on; a member can also be stopped on purpose
+(successive halving in a sweep). The loop ends when every member is done.
 """
 
 from __future__ import annotations
@@ -23,14 +37,25 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bopsweep.bnn.layers import binary_layers, binary_parameters, use_latent_weights
+from bopsweep.bnn.fused import (
+    FusedBop,
+    fuse_models,
+    member_cross_entropy,
+    member_state_dict,
+    member_view,
+)
+from bopsweep.bnn.fused.optim import member_flip_metrics
+from bopsweep.bnn.layers import binary_layers, use_latent_weights
 from bopsweep.bnn.metrics import TOP5, flip_metrics, topk_correct
 from bopsweep.bnn.models import build_model
-from bopsweep.bnn.optim import Bop, Bop2ndOrder, Bop2ndOrderUnbiased, CaseOptimizer
-from bopsweep.config import HParams, TrainConfig
+from bopsweep.bnn.optim import Bop
+from bopsweep.config import FUSABLE_OPTIMIZERS, MEMBER_HPARAMS, HParams, TrainConfig, fusion_key
 from bopsweep.data import Dataset, load_dataset
 from bopsweep.errors import TrainingDiverged, UserError
+from bopsweep.optimizers import build_optimizer
 from bopsweep.precision import resolve_precision
+
+__all__ = ["Callback", "TrainResult", "Trainer", "build_optimizer", "resolve_device", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,58 +68,34 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_optimizer(model: nn.Module, hp: HParams, steps_per_epoch: int) -> CaseOptimizer:
-    """Binary kernels to Bop (or Adam on latent weights), everything else to the fp
-    optimizer, with the schedules of ``hp`` expressed in optimizer steps."""
-    binary = binary_parameters(model)
-    binary_ids = {id(p) for p in binary}
-    others = [p for p in model.parameters() if p.requires_grad and id(p) not in binary_ids]
-    lr_schedule = hp.schedule("lr", steps_per_epoch)
-
-    def fp_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        # L2 on full-precision kernels only, as Keras' kernel_regularizer in the paper's
-        # XNOR-Net: BatchNorm parameters and biases are not decayed.
-        kernels = [p for p in params if p.dim() > 1]
-        rest = [p for p in params if p.dim() <= 1]
-        groups = [
-            {"params": group, "weight_decay": decay}
-            for group, decay in ((kernels, hp.weight_decay), (rest, 0.0))
-            if group
-        ]
-        if hp.fp_optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=lr_schedule(0), momentum=0.9)
-        return torch.optim.Adam(groups, lr=lr_schedule(0))
-
-    if hp.optimizer == "latent":
-        # The baseline: the binary kernels are latent weights trained like the rest.
-        return CaseOptimizer(
-            model,
-            torch.optim.Adam(binary, lr=lr_schedule(0)),
-            fp_optimizer(others) if others else None,
-            clip_binary=True,
-            lr_schedule=lr_schedule,
+def check_group(configs: Sequence[TrainConfig]) -> None:
+    """Refuse members that cannot train as one stacked model."""
+    if not configs:
+        raise ValueError("a group needs at least one member")
+    if len(configs) == 1:
+        return
+    kinds = {c.resolved_hparams().optimizer for c in configs}
+    if not kinds <= FUSABLE_OPTIMIZERS:
+        raise UserError(
+            f"optimizer {', '.join(sorted(kinds - FUSABLE_OPTIMIZERS))} cannot train "
+            f"fused; fused groups take {', '.join(sorted(FUSABLE_OPTIMIZERS))} (fuse: off)"
         )
-    threshold = hp.schedule("threshold", steps_per_epoch)
-    gamma = hp.schedule("gamma", steps_per_epoch)
-    if hp.optimizer == "bop2":
-        bop: Bop = Bop2ndOrder(binary, threshold, gamma, hp.sigma)
-    elif hp.optimizer == "bop2_unbiased":
-        bop = Bop2ndOrderUnbiased(binary, threshold, gamma, hp.sigma)
-    else:
-        bop = Bop(binary, threshold, gamma)
-    return CaseOptimizer(
-        model, bop, fp_optimizer(others) if others else None, lr_schedule=lr_schedule
-    )
+    if len({fusion_key(c) for c in configs}) > 1:
+        raise UserError(
+            "these configs cannot train fused: they may differ only in the seed and "
+            f"the hparams {', '.join(sorted(MEMBER_HPARAMS))}"
+        )
 
 
 class Callback:
-    """Hooks into the loop; every method is optional."""
+    """Hooks into the loop; every method is optional. ``metrics[k]`` is member k's
+    epoch (None once it stopped)."""
 
     def on_train_start(self, trainer: Trainer) -> None: ...
 
     def on_batch_end(self, trainer: Trainer, step: int) -> None: ...
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, metrics: list[dict[str, float] | None]) -> None: ...
 
 
 @dataclass
@@ -109,90 +110,167 @@ class TrainResult:
 
 
 class Trainer:
-    """Model, optimizer, data and RNG of one run; resumable through its state dict."""
+    """Model, optimizers, data and RNGs of K >= 1 members; resumable through its
+    state dict. ``hparams`` is the first member's (epochs, batch size and the model's
+    options are every member's); ``member_hparams`` has each member's."""
 
     def __init__(
         self,
-        config: TrainConfig,
+        configs: TrainConfig | Sequence[TrainConfig],
         data: Dataset | None = None,
         *,
         device: torch.device | None = None,
     ) -> None:
-        self.config = config
-        self.hparams = config.resolved_hparams()
-        self.device = device or resolve_device(config.device)
-        torch.manual_seed(config.seed)
+        configs = [configs] if isinstance(configs, TrainConfig) else list(configs)
+        check_group(configs)
+        first = configs[0]
+        self.configs = configs
+        self.config = first
+        self.members = len(configs)
+        self.member_hparams = [c.resolved_hparams() for c in configs]
+        self.hparams = self.member_hparams[0]
+        self.epochs = self.hparams.epochs
+        self.device = device or resolve_device(first.device)
+        torch.manual_seed(first.seed)
         if data is None:
-            data = load_dataset(config.dataset, config.data_dir, config.download)
-        if config.validation_split:
+            data = load_dataset(first.dataset, first.data_dir, first.download)
+        if first.validation_split:
             # Select on held-out training data; the test set is scored as test_*.
             data = data.split_validation()
-        data = data.limit(config.max_train_samples, config.max_val_samples)
-        self.data = data
+        self.data = data.limit(first.max_train_samples, first.max_val_samples)
         # In memory: both splits move to the device; from files: DataLoader workers.
-        self.batches = data.batches(config.preprocess_fn, self.hparams.batch_size, self.device)
-        model = build_model(
-            config.model,
-            self.batches.input_shape,
-            self.batches.num_classes,
-            **self.hparams.model_options(),
-        )
-        if self.hparams.optimizer == "latent":
-            use_latent_weights(model)
+        self.batches = self.data.batches(first.preprocess_fn, self.hparams.batch_size, self.device)
+        models = [self._build_member(k) for k in range(self.members)]
+        model = models[0] if self.members == 1 else fuse_models(models)
+        del models
         self.model = model.to(self.device)
         # Convolutions run in NHWC in oneDNN (CPU) and in cuDNN's tensor-core kernels;
         # with the weights stored that way, activations follow without reorders.
         self.channels_last = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+            if self.members > 1:
+                self.model.channels_last = True
         # What the forward passes really run in ("auto" resolved for this device and
         # model): the one value to log with the run.
-        self.precision = resolve_precision(config.precision, self.device, self.model)
+        self.precision = resolve_precision(first.precision, self.device, self.model)
         if self.device.type == "cuda":
             # Input shapes are fixed: let cuDNN time its algorithms once and keep the best.
             torch.backends.cudnn.benchmark = True
-        if config.compile:
+        if first.compile:
             # In place, so state dicts (checkpoints) keep the plain module's keys.
             self.model.compile()
         # The original code's top_k_categorical_accuracy, where top-5 means something.
         self.top5 = self.batches.num_classes > TOP5
         self.steps_per_epoch = self.batches.steps_per_epoch()
-        self.optimizer = build_optimizer(self.model, self.hparams, self.steps_per_epoch)
-        self.layer_names = {layer.weight: name for name, layer in binary_layers(self.model)}
-        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        hparams = self.hparams if self.members == 1 else self.member_hparams
+        self.optimizer = build_optimizer(self.model, hparams, self.steps_per_epoch)
+        body = self.model if self.members == 1 else self.model.body
+        self.layer_names = {layer.weight: name for name, layer in binary_layers(body)}
+        # One generator per distinct seed: members that share a seed share batches.
+        self.seeds = sorted({c.seed for c in configs})
+        self.generators = {
+            seed: torch.Generator(self.device).manual_seed(seed) for seed in self.seeds
+        }
         self.epoch = 0
-        self.history: list[dict[str, float]] = []
+        self.histories: list[list[dict[str, float]]] = [[] for _ in configs]
+        # Why a member stopped before the last epoch ("training diverged: ...", ...).
+        self.stopped: dict[int, str] = {}
+        self._kept_buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    # ----------------------------------------------------------------- checkpoints
+    def _build_member(self, member: int) -> nn.Module:
+        config, hp = self.configs[member], self.member_hparams[member]
+        # Each member's initial weights are those of its own run.
+        torch.manual_seed(config.seed)
+        model = build_model(
+            config.model, self.batches.input_shape, self.batches.num_classes, **hp.model_options()
+        )
+        if hp.optimizer == "latent":
+            use_latent_weights(model)
+        return model
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """The first member's epochs (a plain run's history)."""
+        return self.histories[0]
+
+    def member_model(self, member: int) -> nn.Module:
+        """Member ``member`` as a plain model (a copy when fused, the model itself at K = 1)."""
+        if self.members == 1:
+            return self.model
+        model = self._build_member(member).to(self.device)
+        model.load_state_dict({k: v.clone() for k, v in self.member_state(member).items()})
+        return model.eval()
+
+    def member_state(self, member: int) -> dict[str, torch.Tensor]:
+        """Member ``member``'s state dict with the plain model's keys (views when fused)."""
+        if self.members == 1:
+            return self.model.state_dict()
+        return member_state_dict(self.model, member)
+
+    # ----------------------------------------------------------------- members
+    @property
+    def active(self) -> list[int]:
+        return [k for k in range(self.members) if k not in self.stopped]
+
+    def stop(self, member: int, reason: str) -> None:
+        """Stop ``member``: its weights, optimizer state and BatchNorm statistics stop
+        changing (a plain run simply ends)."""
+        self.stopped[member] = reason
+        if self.members == 1:
+            return
+        self.optimizer.freeze(member)
+        # Training-mode forward passes still update every member's running statistics.
+        self._kept_buffers[member] = [
+            (view, view.clone())
+            for buffer in self.model.buffers()
+            if buffer.dim() > 0
+            for view in [member_view(buffer, self.members)[member]]
+        ]
+
+    def raise_if_diverged(self) -> None:
+        """A plain run's divergence as the error ``bopsweep train`` ends with."""
+        reason = self.stopped.get(0)
+        if self.members == 1 and reason is not None:
+            raise TrainingDiverged(reason)
+
+    # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
+            "members": self.members,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
+            "generators": {s: g.get_state() for s, g in self.generators.items()},
             "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch,
-            "history": list(self.history),
+            "histories": [list(h) for h in self.histories],
+            "stopped": dict(self.stopped),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "members" not in state:
+            # A plain run's checkpoint from before groups: one generator, one history.
+            seed = self.configs[0].seed
+            state = {
+                **state,
+                "members": 1,
+                "generators": {seed: state["generator"]},
+                "histories": [state["history"]],
+                "stopped": {},
+            }
+        if state["members"] != self.members:
+            raise ValueError(f"a checkpoint of {state['members']} members, not {self.members}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        for seed, generator in self.generators.items():
+            generator.set_state(state["generators"][seed])
         torch.set_rng_state(state["torch_rng"])
         self.epoch = state["epoch"]
-        self.history = list(state["history"])
+        self.histories = [list(h) for h in state["histories"]]
+        for member, reason in state["stopped"].items():
+            self.stop(int(member), reason)
 
-    # -------------------------------------------------------------------- the loop
-    def _current_rates(self) -> dict[str, float]:
-        rates: dict[str, float] = {}
-        if isinstance(self.optimizer.binary, Bop):
-            rates["gamma"] = self.optimizer.binary.current("gamma")
-            rates["threshold"] = self.optimizer.binary.current("threshold")
-        lr = self.optimizer.current_lr()
-        if lr is not None:
-            rates["lr"] = lr
-        return rates
-
+    # -------------------------------------------------------------------- loop
     def _autocast(self) -> torch.autocast:
         # bfloat16 keeps float32's exponent range (no loss scaling), and the +-1 inputs
         # and kernels of binarized layers are exact in it; accumulation stays float32.
@@ -200,92 +278,154 @@ class Trainer:
             self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
         )
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def _forward(self, x: torch.Tensor, shared: bool = True) -> torch.Tensor:
+        """Each member's logits, ``[K, B, classes]``, in float32 whatever the precision
+        of the forward (the loss and the accuracy are computed in float32)."""
         with self._autocast():
-            logits = self.model(x)
-        # The loss and the accuracy in float32 whatever the precision of the forward.
-        return logits.float()
+            if self.members > 1:
+                # The fused model lays out its members' batches itself.
+                return self.model(x, shared=shared).float()
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(x).float().unsqueeze(0)
 
-    def train_epoch(self, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+    def _losses(self, logits: torch.Tensor, y: torch.Tensor, total: bool = False) -> torch.Tensor:
+        """Each member's mean cross-entropy over the batch, ``[K]`` (its sum: ``total``)."""
+        if self.members == 1:
+            return F.cross_entropy(logits[0], y, reduction="sum" if total else "mean")[None]
+        losses = member_cross_entropy(logits, y)
+        return losses.double() * y.shape[-1] if total else losses
+
+    def _train_batches(self):
+        """Per step: the batch (shared, or ``[K, B, ...]``), the labels, and whether
+        the batch is shared by every member."""
+        if len(self.seeds) == 1:
+            for x, y in self.batches.train(self.generators[self.seeds[0]]):
+                yield x, y, True
+            return
+        streams = {s: self.batches.train(g) for s, g in self.generators.items()}
+        index = [self.seeds.index(c.seed) for c in self.configs]
+        for pairs in zip(*streams.values(), strict=True):
+            xs = torch.stack([pairs[i][0] for i in index])
+            ys = torch.stack([pairs[i][1] for i in index])
+            yield xs, ys, False
+
+    def train_epoch(self, callbacks: Sequence[Callback] = ()) -> list[dict[str, float]]:
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        correct5 = torch.zeros((), device=self.device, dtype=torch.int64)
+        members, device = self.members, self.device
+        loss_sum = torch.zeros(members, device=device, dtype=torch.float64)
+        correct = torch.zeros(2, members, device=device, dtype=torch.int64)
         seen = 0
-        for step, (x, y) in enumerate(self.batches.train(self.generator)):
-            logits = self._forward(x)
-            loss = F.cross_entropy(logits, y)
+        # Stopped members leave the sum: no gradient reaches them (a NaN loss times
+        # zero would still be NaN, hence where, not a product).
+        mask = None
+        if self.stopped:
+            mask = torch.zeros(members, device=device, dtype=torch.bool)
+            mask[self.active] = True
+        for step, (x, y, shared) in enumerate(self._train_batches()):
+            logits = self._forward(x, shared)
+            losses = self._losses(logits, y)
             self.optimizer.zero_grad()
-            loss.backward()
+            (losses if mask is None else torch.where(mask, losses, 0.0)).sum().backward()
             self.optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
+            batch = y.shape[-1]
+            loss_sum += losses.detach() * batch
+            correct[0] += (logits.argmax(-1) == y).sum(-1)
             if self.top5:
-                correct5 += topk_correct(logits.detach(), y, TOP5)
-            seen += len(y)
+                correct[1] += topk_correct(logits.detach(), y, TOP5)
+            seen += batch
             for cb in callbacks:
                 cb.on_batch_end(self, step)
-        train_loss, train_correct, train_correct5 = (
-            v.item() for v in (loss_sum, correct, correct5)
-        )
-        metrics = {"train_loss": train_loss / seen, "train_accuracy": train_correct / seen}
-        if self.top5:
-            metrics["train_top5_accuracy"] = train_correct5 / seen
-        return metrics
+        for kept in self._kept_buffers.values():
+            for view, value in kept:
+                view.copy_(value)
+        return self._member_metrics("train", loss_sum, correct, seen)
+
+    def _member_metrics(self, prefix: str, loss_sum, correct, seen: int) -> list[dict]:
+        losses, (top1, top5) = loss_sum.tolist(), correct.tolist()
+        out = []
+        for k in range(self.members):
+            metrics = {f"{prefix}_loss": losses[k] / seen, f"{prefix}_accuracy": top1[k] / seen}
+            if self.top5:
+                metrics[f"{prefix}_top5_accuracy"] = top5[k] / seen
+            out.append(metrics)
+        return out
 
     @torch.no_grad()
-    def _score(self, batches, prefix: str) -> dict[str, float]:
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros(2, device=self.device, dtype=torch.int64)
+    def _score(self, batches, prefix: str) -> list[dict[str, float]]:
+        members, device = self.members, self.device
+        loss_sum = torch.zeros(members, device=device, dtype=torch.float64)
+        correct = torch.zeros(2, members, device=device, dtype=torch.int64)
         seen = 0
         for x, y in batches:
             logits = self._forward(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct[0] += (logits.argmax(1) == y).sum()
+            loss_sum += self._losses(logits, y, total=True)
+            correct[0] += (logits.argmax(-1) == y).sum(-1)
             if self.top5:
                 correct[1] += topk_correct(logits, y, TOP5)
             seen += len(y)
         if seen == 0:
-            return {}
-        top1, top5 = correct.tolist()
-        metrics = {f"{prefix}_loss": loss_sum.item() / seen, f"{prefix}_accuracy": top1 / seen}
-        if self.top5:
-            metrics[f"{prefix}_top5_accuracy"] = top5 / seen
-        return metrics
+            return [{} for _ in range(members)]
+        return self._member_metrics(prefix, loss_sum, correct, seen)
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """``val_*`` metrics, and ``test_*`` when validation is held out of training."""
+    def evaluate(self) -> list[dict[str, float]]:
+        """Each member's ``val_*`` metrics, and ``test_*`` when validation is held out."""
         self.model.eval()
-        return {
-            **self._score(self.batches.val(), "val"),
-            **self._score(self.batches.test(), "test"),
-        }
+        val, test = self._score(self.batches.val(), "val"), self._score(self.batches.test(), "test")
+        return [{**v, **t} for v, t in zip(val, test, strict=True)]
 
-    def fit(self, callbacks: Sequence[Callback] = ()) -> list[dict[str, float]]:
+    def _flip_metrics(self) -> list[dict[str, float]]:
+        flips = self.optimizer.read_flips()
+        if self.members == 1:
+            return [flip_metrics(flips, self.layer_names)]
+        return member_flip_metrics(flips, self.layer_names, self.members)
+
+    def _current_rates(self, member: int) -> dict[str, float]:
+        # A plain optimizer's rates take no member; a fused one's take the member.
+        at = () if self.members == 1 else (member,)
+        rates: dict[str, float] = {}
+        if isinstance(self.optimizer.binary, (Bop, FusedBop)):
+            rates["gamma"] = self.optimizer.binary.current("gamma", *at)
+            rates["threshold"] = self.optimizer.binary.current("threshold", *at)
+        lr = self.optimizer.current_lr(*at)
+        if lr is not None:
+            rates["lr"] = lr
+        return rates
+
+    def fit(self, callbacks: Sequence[Callback] = ()) -> list[list[dict[str, float]]]:
+        """Train every active member to the last epoch; returns each member's history."""
         for cb in callbacks:
             cb.on_train_start(self)
-        while self.epoch < self.hparams.epochs:
+        while self.epoch < self.epochs and self.active:
             start = time.perf_counter()
-            metrics = self.train_epoch(callbacks)
+            active = self.active
+            metrics: list[dict[str, float] | None] = list(self.train_epoch(callbacks))
             train_time = time.perf_counter() - start
-            if not math.isfinite(metrics["train_loss"]):
-                raise TrainingDiverged(
-                    f"training diverged: loss is {metrics['train_loss']} in epoch {self.epoch}"
-                )
-            metrics.update(flip_metrics(self.optimizer.read_flips(), self.layer_names))
-            metrics.update(self.evaluate())
-            metrics.update(self._current_rates())
-            metrics["epoch_time_s"] = time.perf_counter() - start
-            metrics["samples_per_s"] = self.batches.num_train / train_time
-            metrics["epoch"] = self.epoch
-            self.history.append(metrics)
+            flips = self._flip_metrics()
+            evaluation = self.evaluate()
+            epoch_time = time.perf_counter() - start
+            for k in range(self.members):
+                if k not in active:
+                    metrics[k] = None
+                    continue
+                loss = metrics[k]["train_loss"]
+                if not math.isfinite(loss):
+                    self.stop(k, f"training diverged: loss is {loss} in epoch {self.epoch}")
+                    metrics[k] = None
+                    continue
+                metrics[k].update(flips[k])
+                metrics[k].update(evaluation[k])
+                metrics[k].update(self._current_rates(k))
+                # The group's time: every member trained in the same seconds.
+                metrics[k]["epoch_time_s"] = epoch_time
+                metrics[k]["samples_per_s"] = self.batches.num_train / train_time
+                metrics[k]["epoch"] = self.epoch
+                self.histories[k].append(metrics[k])
             self.epoch += 1
             for cb in callbacks:
                 cb.on_epoch_end(self, metrics)
-        return self.history
+        return self.histories
 
 
 def train(
@@ -296,9 +436,11 @@ def train(
     resume_state: dict[str, Any] | None = None,
     device: torch.device | None = None,
 ) -> TrainResult:
-    """Train one configuration to the end; ``resume_state`` continues a checkpoint."""
+    """Train one configuration to the end; ``resume_state`` continues a checkpoint.
+    Raises :class:`~bopsweep.errors.TrainingDiverged` when the loss stops being finite."""
     trainer = Trainer(config, data, device=device)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
     trainer.fit(callbacks)
+    trainer.raise_if_diverged()
     return TrainResult(config, trainer.hparams, trainer.history)

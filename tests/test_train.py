@@ -120,13 +120,13 @@ def test_validation_split_holds_out_training_data_and_scores_the_test_set():
     # The held-out part is the end of the training set; the test set is the old val.
     assert torch.equal(trainer.data.val_x, plain.data.train_x[1294:])
     assert torch.equal(trainer.data.test_y, plain.data.val_y)
-    history = trainer.fit()
+    history = trainer.fit()[0]
     for metrics in history:
         assert {"val_accuracy", "val_top5_accuracy", "test_accuracy", "test_loss"} <= set(metrics)
         assert 0.5 < metrics["test_accuracy"] <= 1.0
         assert metrics["test_accuracy"] != metrics["val_accuracy"]
     # Without the split there is no test_* metric: val is the test set.
-    assert not any(k.startswith("test_") for k in plain.evaluate())
+    assert not any(k.startswith("test_") for k in plain.evaluate()[0])
 
 
 def test_latent_metrics_have_no_bop_rates():
@@ -170,7 +170,8 @@ class _CountSignChanges(Callback):
             self.previous[name] = now
         self.steps += 1
 
-    def on_epoch_end(self, trainer, metrics):
+    def on_epoch_end(self, trainer, members):
+        (metrics,) = members
         total = weights = 0
         for name, layer in self.layers.items():
             size = layer.weight.numel() * self.steps
@@ -266,7 +267,7 @@ def test_resume_after_epoch_one_matches_an_uninterrupted_run(variant):
     assert len(resumed) == 2
     assert _without_timing(resumed) == _without_timing(uninterrupted)
     # The second epoch was really trained again, not copied from the checkpoint.
-    assert len(saver.state["history"]) == 1
+    assert len(saver.state["histories"][0]) == 1
 
 
 def test_resume_from_a_finished_run_trains_nothing_more():

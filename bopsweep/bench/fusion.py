@@ -97,7 +97,6 @@ def _members(device, members: int, batch_size: int):
     """K fused BinaryNet members and K separate trainers of the same configs."""
     from bopsweep.data import make_synthetic
     from bopsweep.train import Trainer
-    from bopsweep.train_fused import FusedTrainer
 
     precision = "bf16" if _native(device) else "fp32"
     base = binarynet_config(device.type, precision)
@@ -105,7 +104,7 @@ def _members(device, members: int, batch_size: int):
     hparams = {**base.hparams, "batch_size": batch_size}
     configs = [base.model_copy(update={"hparams": {**hparams, "gamma": g}}) for g in gammas]
     data = make_synthetic(n_train=batch_size, n_val=2)
-    fused = FusedTrainer(configs, data, device=device)
+    fused = Trainer(configs, data, device=device)
     separate = [Trainer(c, data, device=device) for c in configs]
     return precision, fused, separate
 

@@ -88,7 +88,8 @@ class _LogEachEpoch(Callback):
         self.tracker = tracker
         self.times: list[float] = []
 
-    def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer, members: list) -> None:
+        metrics = members[0]
         start = time.perf_counter()
         self.tracker.log_epoch(metrics, step=int(metrics["epoch"]))
         self.times.append(time.perf_counter() - start)
@@ -124,10 +125,10 @@ def measure(context: Context) -> dict[str, Any]:
         send_s = send_cpu_s = 0.0
         for round_index in range(2):
             with threads(thread_count):
-                plain.extend(m["epoch_time_s"] for m in Trainer(loaded.spec.train).fit())
+                plain.extend(m["epoch_time_s"] for m in Trainer(loaded.spec.train).fit()[0])
                 tracker = tracking.TrialTracker(uri, exp_id, parent, round_index, "logging")
                 callback = _LogEachEpoch(tracker)
-                history = Trainer(loaded.spec.train).fit([callback])
+                history = Trainer(loaded.spec.train).fit([callback])[0]
                 logged.extend(m["epoch_time_s"] for m in history)
                 waits.extend(callback.times)
                 tracker.finish("FINISHED")

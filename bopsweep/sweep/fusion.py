@@ -1,7 +1,7 @@
 """Which trials of a sweep train fused: one Ray trial holding a stacked model of K members.
 
 Trials whose configs differ only in per-member values (:func:`bopsweep.config.fusion_key`)
-can share one process and one model (:mod:`bopsweep.train_fused`). The spec's
+can share one process and one model (:mod:`bopsweep.train`). The spec's
 ``fuse`` key decides:
 
 * ``off``: one Ray trial per trial, as always;
@@ -47,9 +47,11 @@ AUTO_MAX_MEMBERS = 16
 
 @dataclass(frozen=True)
 class Group:
-    """One Ray trial: a single trial, or K trials trained fused."""
+    """One Ray trial: K >= 1 trials trained as one (K > 1: fused). ``alone`` says why
+    a trial that ``fuse`` would otherwise group trains as a group of one."""
 
     trials: tuple[Trial, ...]
+    alone: str | None = None
 
     @property
     def index(self) -> int:
@@ -139,35 +141,51 @@ def _split(trials: Sequence[Trial], size_limit: int, parts_wanted: int) -> list[
     return out
 
 
+def unfused_reason(spec: SweepSpec) -> str | None:
+    """Why no trial of this sweep trains fused, or None when some may."""
+    stopping = spec.stopping.type if spec.stopping is not None else "fifo"
+    if spec.fuse in ("off", 1):
+        return None
+    if spec.method not in ("grid", "random"):
+        return f"method: {spec.method} proposes one trial at a time"
+    if stopping not in ("asha", "fifo"):
+        # ASHA's rungs work inside a group; HyperBand pauses and median stopping
+        # compare single trials.
+        return f"scheduler {stopping} pauses and compares single trials"
+    return None
+
+
+def trial_reason(trial: Trial) -> str | None:
+    """Why this trial trains alone whatever ``fuse`` says, or None."""
+    optimizer = trial.train.resolved_hparams().optimizer
+    if optimizer not in FUSABLE_OPTIMIZERS:
+        return f"optimizer {optimizer} has no fused kernels"
+    if trial.train.compile:
+        return "compile: true compiles one model per trial"
+    return None
+
+
 def plan_groups(spec: SweepSpec, trials: Sequence[Trial], cpus: int | None = None) -> list[Group]:
     """The Ray trials of a sweep, in trial order of their first member."""
     fuse = spec.fuse
-    # A searcher proposes one trial at a time; HyperBand pauses and median stopping
-    # compare single trials: those run unfused. ASHA's rungs work inside a group.
-    # Logging each trial's model (tracking.models) needs a model per trial: unfused.
-    stopping = spec.stopping.type if spec.stopping is not None else "fifo"
-    unfused = (
-        fuse in ("off", 1)
-        or spec.method not in ("grid", "random")
-        or stopping not in ("asha", "fifo")
-        or bool(spec.tracking.models)
-    )
-    if unfused:
-        return [Group((t,)) for t in trials]
+    reason = unfused_reason(spec)
+    if fuse in ("off", 1) or reason:
+        return [Group((t,), reason) for t in trials]
     candidates: dict[tuple, list[Trial]] = {}
-    singles: list[Trial] = []
+    groups: list[Group] = []
     gains = measured_gains()
     for trial in trials:
-        fusable = trial.train.resolved_hparams().optimizer in FUSABLE_OPTIMIZERS
-        if not fusable or (fuse == "auto" and not auto_fuses(spec, trial, gains)):
-            singles.append(trial)
+        alone = trial_reason(trial)
+        if alone is None and fuse == "auto" and not auto_fuses(spec, trial, gains):
+            alone = f"fuse: auto measured no gain for {trial.train.model} here"
+        if alone is not None:
+            groups.append(Group((trial,), alone))
         else:
             candidates.setdefault(fusion_key(trial.train), []).append(trial)
     limit = AUTO_MAX_MEMBERS if fuse == "auto" else int(fuse)
     # Under auto, as many groups as trials run at once, so no slot sits idle;
     # with an explicit size, exactly as few groups as that size allows.
     wanted = concurrent_slots(spec, cpus) if fuse == "auto" else 1
-    groups = [Group((t,)) for t in singles]
     for similar in candidates.values():
         groups += [Group(tuple(part)) for part in _split(similar, limit, wanted)]
     return sorted(groups, key=lambda g: g.index)

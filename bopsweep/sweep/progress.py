@@ -16,14 +16,9 @@ from contextlib import contextmanager
 
 from ray import tune
 
+from bopsweep.sweep.contract import MEMBER_ERROR_KEY, MEMBER_STATUS_KEY, USER_ERROR_KEY
 from bopsweep.sweep.outcome import FLIP_METRIC, SweepOutcome, TrialOutcome
-from bopsweep.sweep.ray_backend import (
-    MEMBER_ERROR_KEY,
-    MEMBER_STATUS_KEY,
-    USER_ERROR_KEY,
-    member_indices,
-    member_results,
-)
+from bopsweep.sweep.ray_backend import member_indices, member_results
 
 Listener = Callable[[SweepOutcome], None]
 _LISTENERS: dict[str, Listener] = {}

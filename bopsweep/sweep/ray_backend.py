@@ -19,18 +19,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bopsweep.errors import UserError
-from bopsweep.sweep import mlflow_client
+from bopsweep.sweep import contract, mlflow_client
+from bopsweep.sweep.contract import USER_ERROR_KEY, Member, TrialGroup
 from bopsweep.sweep.fusion import Group
 from bopsweep.sweep.spec import LoadedSpec, MetricSpec, SweepSpec, Trial
 
-# What a trial reports besides its metrics (see trainable.py): the user error that
-# stopped it, and where its time went.
-USER_ERROR_KEY = "bopsweep_user_error"
-TIMING_PREFIX = "timing/"
-# In a fused group's result, under "members" -> index: a member that ended before
-# the group (FAILED: diverged; FINISHED: stopped early) and why.
-MEMBER_STATUS_KEY = "bopsweep_status"
-MEMBER_ERROR_KEY = "bopsweep_error"
 # Ray Tune's own constants, set before it is imported:
 TUNE_ENV = {
     # Its newer console output prints banners whatever the verbosity; the live
@@ -214,37 +207,28 @@ def can_restore(experiment_path: str) -> bool:
     return tune.Tuner.can_restore(experiment_path)
 
 
-def trial_config(t: Trial) -> dict[str, Any]:
-    """One trial's config, as its Ray trial (or its fused group) gets it."""
+def _member(t: Trial) -> Member:
     train = t.train.model_dump()
     # Ray runs each trial in its own folder: a relative data_dir means the
     # driver's working directory.
     train["data_dir"] = str(Path(train["data_dir"]).expanduser().resolve())
-    return {
-        "index": t.index,
-        "name": t.name,
-        "swept": t.swept,
-        "train": train,
-        "dir": f"trial_{t.index:03d}",
-    }
+    return Member(t.index, t.name, t.swept, train)
+
+
+def group_config(group: Group) -> dict[str, Any]:
+    """A Ray trial's ``config["trial"]``: the group of its K >= 1 members."""
+    members = tuple(_member(t) for t in group.trials)
+    return TrialGroup(group.index, group.name, group.dirname, members).as_config()
+
+
+def trial_config(t: Trial) -> dict[str, Any]:
+    """One trial's Ray trial config: a group of one (a searcher's proposals)."""
+    return group_config(Group((t,)))
 
 
 def trial_configs(groups: list[Group]) -> list[dict[str, Any]]:
-    """Each Ray trial's config: one trial's, or a fused group's with its members'."""
-    configs = []
-    for group in groups:
-        if not group.fused:
-            configs.append(trial_config(group.trials[0]))
-            continue
-        configs.append(
-            {
-                "index": group.index,
-                "name": group.name,
-                "dir": group.dirname,
-                "members": [trial_config(t) for t in group.trials],
-            }
-        )
-    return configs
+    """Each Ray trial's ``config["trial"]``."""
+    return [group_config(group) for group in groups]
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -263,13 +247,13 @@ def _trainable(spec: SweepSpec):
     return tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def _param_space(spec: SweepSpec, configs: list[dict[str, Any]], sweep_cfg: dict) -> dict:
+def _param_space(spec: SweepSpec, configs: list[dict[str, Any]], sweep: contract.SweepContext):
     from ray import tune
 
     if spec.method == "bayes":
         # The searcher proposes config["trial"] (bopsweep.sweep.search.SpecTrials).
-        return {"sweep": sweep_cfg}
-    return {"trial": tune.grid_search(configs), "sweep": sweep_cfg}
+        return {"sweep": sweep.as_config()}
+    return {"trial": tune.grid_search(configs), "sweep": sweep.as_config()}
 
 
 def _stopper(metric: MetricSpec):
@@ -345,16 +329,14 @@ def _callbacks(extra: list) -> list:
 
 
 def _ray_trial_name(ray_trial) -> str:
-    # A searcher's proposals are single trials, named by their index.
-    config = ray_trial.config["trial"]
-    return config.get("dir") or f"trial_{config['index']:03d}"
+    return ray_trial.config["trial"]["dir"]
 
 
 def build_tuner(
     loaded: LoadedSpec,
     groups: list[Group],
     configs: list[dict[str, Any]],
-    sweep_cfg: dict,
+    sweep: contract.SweepContext,
     storage: str,
     callbacks: list,
 ):
@@ -367,12 +349,12 @@ def build_tuner(
         from bopsweep.sweep.search import build_searcher
 
         search_alg = build_searcher(spec, str(loaded.path))
-    # Fused groups stop their members at ASHA's rungs themselves (fused_trial.py); a
+    # Fused groups stop their members at ASHA's rungs themselves (trainable.py); a
     # scheduler above them would stop whole groups.
     fused = any(g.fused for g in groups)
     return tune.Tuner(
         _trainable(spec),
-        param_space=_param_space(spec, configs, sweep_cfg),
+        param_space=_param_space(spec, configs, sweep),
         tune_config=tune.TuneConfig(
             metric=spec.metric.name,
             mode=spec.metric.mode,
@@ -400,16 +382,21 @@ def build_tuner(
     )
 
 
-def restore_tuner(spec: SweepSpec, experiment_path: str, configs: list, sweep_cfg: dict):
+def restore_tuner(
+    spec: SweepSpec, experiment_path: str, configs: list, sweep: contract.SweepContext
+):
     """The interrupted run, from its folder; the saved state brings back the trials,
-    the searcher, the stopper and the callbacks."""
+    the searcher, the stopper and the callbacks. Trials that errored resume from
+    their last checkpoint: a trial's own failures end it normally (trainable.py), so
+    an errored trial is one whose worker, node or driver died."""
     from ray import tune
 
     return tune.Tuner.restore(
         experiment_path,
         _trainable(spec),
         resume_unfinished=True,
-        param_space=_param_space(spec, configs, sweep_cfg),
+        resume_errored=True,
+        param_space=_param_space(spec, configs, sweep),
     )
 
 
@@ -434,21 +421,14 @@ def fit(tuner, experiment_path: str) -> tuple[list, dict[int, str]]:
 
 
 def member_indices(ray_trial) -> list[int]:
-    """The indices of the trials a Ray trial holds (one, or a fused group's)."""
-    config = ray_trial.config["trial"]
-    if "members" in config:
-        return [int(m["index"]) for m in config["members"]]
-    return [int(config["index"])]
+    """The indices of the trials a Ray trial holds."""
+    return contract.member_indices(ray_trial.config["trial"])
 
 
 def member_results(ray_trial, result: dict | None = None) -> dict[int, dict]:
-    """Each held trial's part of a Ray result (a fused group reports its members')."""
+    """Each held trial's part of a Ray result (its last one unless given)."""
     result = ray_trial.last_result if result is None else result
-    result = result or {}
-    if "members" in ray_trial.config["trial"]:
-        members = result.get("members") or {}
-        return {i: dict(members.get(str(i)) or {}) for i in member_indices(ray_trial)}
-    return {int(ray_trial.config["trial"]["index"]): dict(result)}
+    return contract.member_results(ray_trial.config["trial"], result)
 
 
 def shutdown() -> None:

@@ -31,6 +31,13 @@ from typing import Any
 from bopsweep import __version__
 from bopsweep.errors import UserError
 from bopsweep.sweep import logs, mlflow_client, ray_backend
+from bopsweep.sweep.contract import (
+    MEMBER_ERROR_KEY,
+    MEMBER_STATUS_KEY,
+    TIMING_PREFIX,
+    USER_ERROR_KEY,
+    SweepContext,
+)
 from bopsweep.sweep.fusion import Group, plan_groups
 from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
 from bopsweep.sweep.spec import LoadedSpec, Trial, expand
@@ -244,28 +251,25 @@ def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timel
     spec = plan.spec
     ray_backend.set_snapshot_period(len(plan.groups))
     configs = ray_backend.trial_configs(plan.groups)
-    sweep_cfg = {
-        "tracking_uri": outcome.tracking_uri,
-        "experiment_id": outcome.experiment_id,
-        "parent_run_id": outcome.parent_run_id,
+    sweep = SweepContext(
+        tracking_uri=outcome.tracking_uri,
+        experiment_id=outcome.experiment_id,
+        parent_run_id=outcome.parent_run_id,
+        metric=spec.metric.name,
+        mode=spec.metric.mode,
+        cpus_per_trial=spec.resources.cpu,
         # HyperBand pauses trials at its rungs and resumes them from their last
         # checkpoint: one every epoch, so a resumed trial trains no epoch twice.
-        "checkpoint_every": 1 if _pauses_trials(spec) else spec.checkpoint.every,
-        "checkpoint_every_s": spec.checkpoint.every_s,
-        "cpus_per_trial": spec.resources.cpu,
-        # Fused groups stop members at ASHA's rungs themselves (fused_trial.py).
-        "scheduler": None if spec.stopping is None else spec.stopping.model_dump(),
-        # How long a finished trial keeps retrying an unreachable tracking server.
-        "drain_timeout_s": float(os.environ.get("BOPSWEEP_TRACKING_DRAIN_S", "120")),
-        # What each child run gets besides its epochs (see tracking.py).
-        "metric": spec.metric.name,
-        "mode": spec.metric.mode,
-        "models": list(spec.tracking.models),
-        "system_metrics_s": spec.tracking.system_metrics_s,
-        "run_tags": mlflow_client.source_tags(plan.loaded.path),
-    }
+        checkpoint_every=1 if _pauses_trials(spec) else spec.checkpoint.every,
+        checkpoint_every_s=spec.checkpoint.every_s,
+        scheduler=None if spec.stopping is None else spec.stopping.model_dump(),
+        drain_timeout_s=float(os.environ.get("BOPSWEEP_TRACKING_DRAIN_S", "120")),
+        models=tuple(spec.tracking.models),
+        system_metrics_s=spec.tracking.system_metrics_s,
+        run_tags=mlflow_client.source_tags(plan.loaded.path),
+    )
     if plan.resume.resuming:
-        tuner = ray_backend.restore_tuner(spec, plan.folder.path, configs, sweep_cfg)
+        tuner = ray_backend.restore_tuner(spec, plan.folder.path, configs, sweep)
         live = progress.LiveProgress(outcome)
         live.sync(ray_backend.restored_trials(plan.folder.path))
         extra: list = []
@@ -273,7 +277,7 @@ def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timel
         live = progress.LiveProgress(outcome)
         extra = [live]
         tuner = ray_backend.build_tuner(
-            plan.loaded, plan.groups, configs, sweep_cfg, plan.folder.storage, extra
+            plan.loaded, plan.groups, configs, sweep, plan.folder.storage, extra
         )
     # One copy of a file-backed dataset per node, shared by its trials.
     caches = datacache.start(outcome.parent_run_id, {t.train.dataset for t in plan.trials})
@@ -310,20 +314,16 @@ def settle(
         for index, part in ray_backend.member_results(ray_trial).items():
             statuses[index] = ray_trial.status
             last_results[index] = part
-    # A user error ends a fused group's Ray trial, hence each of its members.
+    # A user error ends a group's Ray trial, hence each of its members.
     user_errors = {}
     for ray_trial in ray_trials:
-        error = (ray_trial.last_result or {}).get(ray_backend.USER_ERROR_KEY)
+        error = (ray_trial.last_result or {}).get(USER_ERROR_KEY)
         for index in ray_backend.member_indices(ray_trial) if error else []:
             user_errors[index] = str(error)
-    # Fused members that diverged say so in the group's results.
+    # Members that failed on their own (diverged, raised) say so in the results.
     errors = {
         **errors,
-        **{
-            i: str(r[ray_backend.MEMBER_ERROR_KEY])
-            for i, r in last_results.items()
-            if r.get(ray_backend.MEMBER_ERROR_KEY)
-        },
+        **{i: str(r[MEMBER_ERROR_KEY]) for i, r in last_results.items() if r.get(MEMBER_ERROR_KEY)},
     }
     if user_errors:
         outcome.stopped = next(iter(user_errors.values()))
@@ -342,8 +342,8 @@ def settle(
         status = RAY_TO_RUN_STATUS.get(statuses.get(index, "PENDING"), "KILLED")
         if index in user_errors:
             return "FAILED"
-        # A fused member that diverged or was stopped early ended on its own.
-        own = last_results.get(index, {}).get(ray_backend.MEMBER_STATUS_KEY)
+        # A member that failed or was stopped early inside its group ended on its own.
+        own = last_results.get(index, {}).get(MEMBER_STATUS_KEY)
         if own:
             return own
         epochs = int(last_results.get(index, {}).get("epoch", -1)) + 1
@@ -525,9 +525,9 @@ def _trial_timings(ray_trials: list) -> dict[str, float]:
     totals: dict[str, float] = {}
     for ray_trial in ray_trials:
         for key, value in (ray_trial.last_result or {}).items():
-            if not key.startswith(ray_backend.TIMING_PREFIX):
+            if not key.startswith(TIMING_PREFIX):
                 continue
-            name = f"trials.{key.removeprefix(ray_backend.TIMING_PREFIX)}"
+            name = f"trials.{key.removeprefix(TIMING_PREFIX)}"
             if name == "trials.started_at":  # the first trial's start, on the timeline
                 totals["first_trial"] = min(totals.get("first_trial", math.inf), float(value))
             else:

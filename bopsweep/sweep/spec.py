@@ -298,7 +298,7 @@ class SweepSpec(_Strict):
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     max_concurrent_trials: int | None = Field(None, gt=0)
-    max_failures: int = Field(0, ge=0)
+    max_failures: int = Field(3, ge=0)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: str | None = None
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)

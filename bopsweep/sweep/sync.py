@@ -22,13 +22,15 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from bopsweep.config import TrainConfig
 from bopsweep.errors import UserError
 from bopsweep.sweep import mlflow_client
-from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
-from bopsweep.sweep.ray_backend import (
+from bopsweep.sweep.contract import (
     MEMBER_ERROR_KEY,
     MEMBER_STATUS_KEY,
     TIMING_PREFIX,
     USER_ERROR_KEY,
+    TrialGroup,
+    member_results,
 )
+from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
 from bopsweep.sweep.spec import SweepSpec, Trial
 from bopsweep.sweep.state import STATE_FILE, SweepFolder
 from bopsweep.sweep.tracking import TrialTracker, summary_modes
@@ -66,16 +68,12 @@ def _trial_results(folder: SweepFolder):
         config = rows[-1]["config"]["trial"]
         error = folder.read_text(f"{trial_dir}/error.txt")
         error = error[-2000:] if error is not None else None
-        if "members" not in config:
-            yield config, [r for r in rows if "epoch" in r], error, None
-            continue
-        for member in config["members"]:
-            key = str(member["index"])
+        for member in TrialGroup.from_config(config).members:
             # A member that stopped repeats its last epoch in the group's later rows.
             by_epoch = {
                 part["epoch"]: part
                 for r in rows
-                for part in [(r.get("members") or {}).get(key) or {}]
+                for part in [member_results(config, r).get(member.index) or {}]
                 if "epoch" in part
             }
             parts = [by_epoch[e] for e in sorted(by_epoch)]
@@ -120,8 +118,8 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
     for trial_cfg, rows, error, own_status in _trial_results(folder):
         if not rows:
             continue
-        train = TrainConfig.model_validate(trial_cfg["train"])
-        trial = Trial(trial_cfg["index"], trial_cfg["swept"], train)
+        train = TrainConfig.model_validate(dict(trial_cfg.train))
+        trial = Trial(trial_cfg.index, dict(trial_cfg.swept), train)
         hparams = train.resolved_hparams()
         outcome.trials.append(
             TrialOutcome(trial.index, dict(trial.swept), epochs_total=hparams.epochs)
@@ -149,7 +147,7 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
             wanted[trial.index] = "FAILED"
             errors[trial.index] = error
         elif own_status:
-            wanted[trial.index] = own_status  # a fused member that stopped early
+            wanted[trial.index] = own_status  # a member that failed or stopped early
         elif max(r["epoch"] for r in rows) + 1 >= hparams.epochs:
             wanted[trial.index] = "FINISHED"
         else:

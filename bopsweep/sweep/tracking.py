@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bopsweep.sweep.contract import SweepContext
 from bopsweep.sweep.mlflow_client import (
     MODEL_TAG_PREFIX,
     PARENT_TAG,
@@ -479,13 +480,14 @@ def flush_all(trackers: Iterable[TrialTracker], timeout_s: float | None = None) 
     return all([t.flush(max(0.0, deadline - time.monotonic())) for t in trackers])
 
 
-def finish_all(trackers: Iterable[TrialTracker], status: str) -> None:
-    """Finish several trackers' runs against one deadline (see :func:`flush_all`)."""
+def finish_all(trackers: Iterable[TrialTracker], status: str) -> list[TrialTracker]:
+    """Finish several trackers' runs against one deadline (see :func:`flush_all`);
+    returns those whose runs the server did not get whole."""
     trackers = list(trackers)
-    if trackers:
-        deadline = _group_deadline(trackers, None)
-        for tracker in trackers:
-            tracker.finish(status, deadline=deadline)
+    if not trackers:
+        return []
+    deadline = _group_deadline(trackers, None)
+    return [t for t in trackers if not t.finish(status, deadline=deadline)]
 
 
 # ---------------------------------------------------------------- run contents
@@ -564,20 +566,20 @@ def mlflow_dataset(name: str, data_dir: str, data) -> Any:
 
 
 # ------------------------------------------------------------- in the trial
-def trial_options(sweep: Mapping[str, Any], dataset: str, data_dir: str, data) -> dict[str, Any]:
-    """The tracker's settings from the sweep's config (see the runner): summary
-    metrics, the dataset input, system metrics."""
+def trial_options(sweep: SweepContext, dataset: str, data_dir: str, data) -> dict[str, Any]:
+    """The tracker's settings from the sweep's context: summary metrics, the dataset
+    input, system metrics."""
     return {
-        "summary": summary_modes(sweep.get("metric", "val_accuracy"), sweep.get("mode", "max")),
+        "summary": summary_modes(sweep.metric, sweep.mode),
         "dataset": lambda: mlflow_dataset(dataset, data_dir, data),
-        "system_metrics_s": sweep.get("system_metrics_s"),
+        "system_metrics_s": sweep.system_metrics_s,
     }
 
 
-def trial_tags(sweep: Mapping[str, Any]) -> dict[str, str]:
+def trial_tags(sweep: SweepContext) -> dict[str, str]:
     """MLflow's source/user/git tags (resolved by the driver) and the names of the
     MLflow and artifact-store settings that reached this trial."""
-    return {**sweep.get("run_tags", {}), "bopsweep.forwarded_env": forwarded_names()}
+    return {**sweep.run_tags, "bopsweep.forwarded_env": forwarded_names()}
 
 
 class ModelKeeper:
@@ -587,14 +589,15 @@ class ModelKeeper:
     the epochs since it resumed). Called after each epoch is queued, so the models
     are queued after the last epoch and sent before the trial's last report."""
 
-    def __init__(self, tracker: TrialTracker, kinds) -> None:
+    def __init__(self, tracker: TrialTracker, kinds, member: int = 0) -> None:
         self.tracker = tracker
         self.kinds = set(kinds)
+        self.member = member
         self.best_state: dict | None = None
 
     def after_epoch(self, trainer, last: bool) -> None:
         if "best" in self.kinds and self.tracker.improved:
-            state = trainer.model.state_dict()
+            state = trainer.member_state(self.member)
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         if last:
             self.log(trainer)
@@ -608,9 +611,11 @@ class ModelKeeper:
         example = next(iter(trainer.batches.val()), None)
         if example is None:
             return
+        # The member as a plain model (a copy of its slice of a fused group's).
+        model = trainer.member_model(self.member)
         if "final" in self.kinds:
-            self.tracker.log_model(trainer.model, "final_model", example[0])
+            self.tracker.log_model(model, "final_model", example[0])
         if "best" in self.kinds and self.best_state is not None:
-            best = copy.deepcopy(trainer.model)
+            best = copy.deepcopy(model)
             best.load_state_dict(self.best_state)
             self.tracker.log_model(best, "best_model", example[0])

@@ -1,23 +1,40 @@
-"""One Ray Tune trial: ``train()`` plus reporting, checkpoints and its MLflow run.
+"""One Ray Tune trial: a group of K >= 1 members trained by one ``Trainer``.
 
-The trial sees only its config (Ray Tune's convention): the training config, its
-index and swept values, and where to track. It sets torch's thread count to its
-CPU share, so concurrent trials on one node do not oversubscribe the cores. It
-reports every epoch with ``tune.report``. Checkpoints (model, optimizer with Bop's
-state and schedules, RNG states, epoch, MLflow run id) cost a save and a copy, so
+The trial sees only its config (Ray Tune's convention): a
+:class:`~bopsweep.sweep.contract.TrialGroup` and the sweep's
+:class:`~bopsweep.sweep.contract.SweepContext`. K = 1 is a plain trial; K > 1 members
+train as one stacked model (``fuse`` in the spec). Everything a trial has, each member
+has: its own MLflow child run (same parent, params, tags and metric names whatever K
+is), its own history in the group's checkpoint, resume and retry without a repeated
+step (each member's tracker skips the steps its run holds), its own status and models.
+
+The trial sets torch's thread count to its CPU share, so concurrent trials on one node
+do not oversubscribe the cores, and reports every epoch with ``tune.report``
+(:func:`~bopsweep.sweep.contract.group_result`). Checkpoints (model, optimizers with
+Bop's state and schedules, RNG states, epoch, histories) cost a save and a copy, so
 they are taken when ``checkpoint.every_s`` seconds have passed since the last one,
-every ``checkpoint.every`` epochs if set, and always after the last epoch. A
-retried trial resumes from its last checkpoint and keeps logging into the same
-MLflow child run; epochs it trains again are not logged twice (the tracker skips
-steps the run holds), so nothing is lost or duplicated.
+every ``checkpoint.every`` epochs if set, and always after the last epoch.
 
-A :class:`~bopsweep.errors.UserError` (missing data, a bad value) would fail the
-same way on every retry and in every trial: the trial reports it and ends, and the
-driver stops the sweep with that one message.
+Failures come in two kinds, told apart here:
+
+* the trial's own (a user error, a member whose loss diverged, an exception in the
+  training code): never retried, since it would fail the same way again. The member
+  (or every member, for an exception) ends FAILED with its message, in its run and in
+  the group's result; the Ray trial itself ends normally. A user error also stops the
+  sweep (every other trial would hit it too);
+* the infrastructure's (the worker process or its node died, the actor was
+  cancelled): Ray sees the trial error and retries it from its last checkpoint
+  (``max_failures``), and a rerun of the command resumes it.
+
+Early stopping: with ASHA in the spec, a group of K > 1 applies successive halving to
+its own members at ASHA's rungs (``grace_period * reduction_factor**i`` epochs): at
+each rung only the best ``ceil(n / reduction_factor)`` of the ``n`` members still
+training go on; the others are stopped, their runs end FINISHED and tagged
+``bopsweep.stopped_early``. Groups of one are stopped by Ray Tune's scheduler.
 
 Extension point: ``BOPSWEEP_TRIAL_CALLBACKS`` names extra training callbacks as
-``module:factory`` (comma-separated); each factory is called with the trial index
-and returns a :class:`~bopsweep.train.Callback` or None. Profilers and the fault
+``module:factory`` (comma-separated); each factory is called with the group's trial
+index and returns a :class:`~bopsweep.train.Callback` or None. Profilers and the fault
 injection of the reliability tests (:mod:`bopsweep.testing`) plug in there.
 """
 
@@ -25,11 +42,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import socket
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +58,16 @@ from ray import tune
 from bopsweep.config import TrainConfig
 from bopsweep.errors import TrainingDiverged, UserError
 from bopsweep.sweep import datacache, tracking
+from bopsweep.sweep.contract import (
+    MEMBER_ERROR_KEY,
+    MEMBER_STATUS_KEY,
+    TIMING_PREFIX,
+    USER_ERROR_KEY,
+    SweepContext,
+    TrialGroup,
+    group_result,
+)
 from bopsweep.sweep.mlflow_client import flatten
-from bopsweep.sweep.ray_backend import TIMING_PREFIX, USER_ERROR_KEY
 from bopsweep.sweep.tracking import TrialTracker
 from bopsweep.train import Callback, Trainer
 
@@ -51,6 +78,9 @@ CALLBACKS_ENV = "BOPSWEEP_TRIAL_CALLBACKS"
 # report that a scheduler may answer by stopping the trial (the server answered the
 # request before; an outage that starts meanwhile costs this once).
 STOP_FLUSH_TIMEOUT_S = 30.0
+STOPPED_EARLY = "stopped early"
+# A member whose run ended FINISHED before a restart: frozen, not trained again.
+COMPLETED = "finished before the restart"
 
 
 def _placement_tags() -> dict[str, str]:
@@ -94,43 +124,145 @@ class CheckpointPolicy:
         self.last = time.monotonic()
 
 
-class _ReportToTune(Callback):
+class SuccessiveHalving:
+    """ASHA's rungs applied synchronously to the members of one group."""
+
+    def __init__(self, grace_period: int, reduction_factor: float, max_t: int, mode: str) -> None:
+        self.rungs = set()
+        rung = grace_period
+        while rung < max_t:
+            self.rungs.add(rung)
+            rung = math.ceil(rung * reduction_factor)
+        self.reduction_factor = reduction_factor
+        self.mode = mode
+
+    def losers(self, epochs_done: int, values: dict[int, float]) -> list[int]:
+        """The members to stop after ``epochs_done`` epochs, given each training
+        member's metric value."""
+        if epochs_done not in self.rungs or len(values) < 2:
+            return []
+        keep = max(1, math.ceil(len(values) / self.reduction_factor))
+
+        def score(member: int) -> float:
+            value = values[member]
+            if not math.isfinite(value):
+                return -math.inf
+            return value if self.mode == "max" else -value
+
+        ranked = sorted(values, key=score, reverse=True)
+        return sorted(ranked[keep:])
+
+
+def halving(sweep: SweepContext, members: int, epochs: int) -> SuccessiveHalving | None:
+    """A group's own successive halving (ASHA with K > 1 members), else None."""
+    scheduler = sweep.scheduler
+    if members < 2 or not scheduler or scheduler.get("type") != "asha":
+        return None
+    return SuccessiveHalving(
+        scheduler["grace_period"],
+        scheduler["reduction_factor"],
+        scheduler.get("max_t") or epochs,
+        sweep.mode,
+    )
+
+
+class ReportToTune(Callback):
+    """Per epoch: each member's metrics to its run, models, early stopping inside the
+    group, then the group's report to Ray Tune (with a checkpoint when due)."""
+
     def __init__(
         self,
-        tracker: TrialTracker,
-        policy: CheckpointPolicy,
+        trackers: dict[int, TrialTracker],
+        group: TrialGroup,
+        sweep: SweepContext,
         timings: dict,
-        models: tracking.ModelKeeper,
-        may_stop: bool = False,
+        completed: dict[int, dict] | None = None,
+        models: dict[int, tracking.ModelKeeper] | None = None,
     ) -> None:
-        self.tracker = tracker
-        self.policy = policy
+        self.trackers = trackers
+        self.group = group
+        self.sweep = sweep
         self.timings = timings
-        self.models = models
-        self.may_stop = may_stop
+        self.completed = completed or {}
+        self.models = models or {}
+        self.policy = CheckpointPolicy(sweep.checkpoint_every, sweep.checkpoint_every_s)
+        self.halving: SuccessiveHalving | None = None
+        # Ray Tune's early-stopping scheduler may stop the trial at any report.
+        self.may_stop = sweep.scheduler_type != "fifo"
 
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        # Queued for the tracker's sender thread; the epoch does not wait for it.
-        self.tracker.log_epoch(metrics, step=int(metrics["epoch"]))
-        self.timings["train_s"] += float(metrics.get("epoch_time_s", 0.0))
-        last = trainer.epoch >= trainer.hparams.epochs
-        self.models.after_epoch(trainer, last)
-        if last or (self.may_stop and self.tracker.reachable):
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.halving = halving(self.sweep, trainer.members, trainer.epochs)
+
+    def _end_member(self, member: int, reason: str) -> None:
+        tracker = self.trackers.pop(member, None)
+        if tracker is None:
+            return
+        if reason in (STOPPED_EARLY, COMPLETED):
+            tracker.set_tags({"bopsweep.stopped_early": "true"})
+            tracker.finish("FINISHED")
+        else:
+            tracker.set_tags({"bopsweep.failure": reason})
+            tracker.finish("FAILED")
+
+    def on_epoch_end(self, trainer: Trainer, metrics: list) -> None:
+        for k, member_metrics in enumerate(metrics):
+            if member_metrics is not None and k in self.trackers:
+                # Queued for the tracker's sender thread; the epoch does not wait for it.
+                self.trackers[k].log_epoch(member_metrics, step=int(member_metrics["epoch"]))
+        if self.halving is not None:
+            values = {
+                k: float(m.get(self.sweep.metric, math.nan))
+                for k, m in enumerate(metrics)
+                if m is not None
+            }
+            for k in self.halving.losers(trainer.epoch, values):
+                trainer.stop(k, STOPPED_EARLY)
+        last = trainer.epoch >= trainer.epochs or not trainer.active
+        for k, keeper in self.models.items():
+            if k in self.trackers:
+                keeper.after_epoch(trainer, last or k in trainer.stopped)
+        for k, reason in trainer.stopped.items():
+            self._end_member(k, reason)
+        epoch_times = [float(m.get("epoch_time_s", 0.0)) for m in metrics if m is not None]
+        if epoch_times:
+            self.timings["train_s"] += max(epoch_times)
+        if last or (self.may_stop and all(t.reachable for t in self.trackers.values())):
             # Sent (models included) before the report, which Ray's scheduler may
             # answer by stopping the trial: a stopped trial's actor ends within
-            # seconds, and its sender thread with it. After the last epoch also so
+            # seconds, and its sender threads with it. After the last epoch also so
             # that Ray's record of the trial includes the wait for the tracking
             # server; before other epochs only while the server answers (during an
             # outage the epochs wait in the queue and the local results, for sync).
             started = time.perf_counter()
-            self.tracker.flush(None if last else STOP_FLUSH_TIMEOUT_S)
+            tracking.flush_all(self.trackers.values(), None if last else STOP_FLUSH_TIMEOUT_S)
             self.timings["drain_s"] += time.perf_counter() - started
+        result = self.result(trainer, metrics)
         if not self.policy.due(trainer.epoch, last):
-            _report(metrics, self.timings, None, {})
+            _report(result, self.timings, None, {})
             return
-        meta = {"run_id": self.tracker.run_id, "epoch": trainer.epoch}
-        _report(metrics, self.timings, trainer.state_dict(), meta)
+        meta = {"epoch": trainer.epoch, "run_ids": {i: t.run_id for i, t in self.trackers.items()}}
+        _report(result, self.timings, trainer.state_dict(), meta)
         self.policy.taken()
+
+    def result(self, trainer: Trainer, metrics: list) -> dict[str, Any]:
+        """The group's report: each member's latest metrics, with its own status and
+        error once it ended before the group."""
+        parts: dict[int, dict] = {}
+        for k, member in enumerate(self.group.members):
+            if k in self.completed:
+                parts[member.index] = dict(self.completed[k])
+                continue
+            latest = metrics[k] if metrics else None
+            part = dict(latest or (trainer.histories[k][-1] if trainer.histories[k] else {}))
+            if k in trainer.stopped:
+                reason = trainer.stopped[k]
+                failed = reason not in (STOPPED_EARLY, COMPLETED)
+                part[MEMBER_STATUS_KEY] = "FAILED" if failed else "FINISHED"
+                if failed:
+                    part[MEMBER_ERROR_KEY] = reason
+            parts[member.index] = part
+        ranked = [m for m in (metrics or []) if m is not None] + list(self.completed.values())
+        return group_result(parts, trainer.epoch - 1, ranked, self.sweep.metric, self.sweep.mode)
 
 
 def _timing_keys(timings: dict) -> dict[str, float]:
@@ -153,9 +285,9 @@ def extra_callbacks(trial_index: int) -> list[Callback]:
     return callbacks
 
 
-def _enter(sweep: dict) -> dict[str, float]:
+def _enter(sweep: SweepContext) -> dict[str, float]:
     """What every trial sets up first; returns its timings."""
-    torch.set_num_threads(_threads(sweep["cpus_per_trial"]))
+    torch.set_num_threads(_threads(sweep.cpus_per_trial))
     # The tracker retries with its own backoff, between epochs; MLflow's client must
     # not block training for minutes retrying a server that is down.
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
@@ -164,26 +296,6 @@ def _enter(sweep: dict) -> dict[str, float]:
     timings = {"started_at": time.time(), "setup_s": 0.0, "train_s": 0.0, "drain_s": 0.0}
     timings.update(checkpoint_s=0.0, checkpoints=0)
     return timings
-
-
-def _tracker(sweep: dict, member: dict, params: dict, tags: dict, options: dict) -> TrialTracker:
-    """A trial's tracker: its run's swept values, tags and params, and the tracker
-    settings of :func:`bopsweep.sweep.tracking.trial_options`."""
-    return TrialTracker(
-        sweep["tracking_uri"],
-        sweep["experiment_id"],
-        sweep["parent_run_id"],
-        member["index"],
-        member["name"],
-        tags={
-            **{f"swept.{k}": str(v) for k, v in member["swept"].items()},
-            **tags,
-            **tracking.trial_tags(sweep),
-        },
-        params=flatten(params),
-        drain_timeout_s=float(sweep.get("drain_timeout_s", 120.0)),
-        **options,
-    )
 
 
 def _load_state(checkpoint) -> dict:
@@ -207,89 +319,128 @@ def _report(metrics: dict, timings: dict, state: dict | None, meta: dict) -> Non
         tune.report({**metrics, **_timing_keys(timings)}, checkpoint=checkpoint)
 
 
+def _open_run(
+    trainer: Trainer, k: int, group: TrialGroup, sweep: SweepContext, tags: dict
+) -> TrialTracker:
+    """Member ``k``'s tracker: its run's swept values, tags and resolved params; the
+    epochs of its history a crash may have left unsent are queued again (the steps
+    its run holds are skipped)."""
+    member, config = group.members[k], trainer.configs[k]
+    resolved = {
+        **config.model_dump(),
+        # The precision the trainer chose (``auto`` resolves by hardware and model).
+        "precision": trainer.precision,
+        "hparams": trainer.member_hparams[k].model_dump(),
+    }
+    tracker = TrialTracker(
+        sweep.tracking_uri,
+        sweep.experiment_id,
+        sweep.parent_run_id,
+        member.index,
+        member.name,
+        tags={
+            **{f"swept.{key}": str(v) for key, v in member.swept.items()},
+            **tags,
+            **tracking.trial_tags(sweep),
+        },
+        params=flatten(resolved),
+        drain_timeout_s=sweep.drain_timeout_s,
+        **tracking.trial_options(sweep, config.dataset, config.data_dir, trainer.data),
+    )
+    for metrics in trainer.histories[k]:
+        tracker.log_epoch(metrics, step=int(metrics["epoch"]))
+    return tracker
+
+
+def _failure(error: BaseException) -> str:
+    if isinstance(error, (TrainingDiverged, UserError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """The Ray Tune function trainable of every bopsweep sweep."""
-    if "members" in config["trial"]:
-        from bopsweep.sweep.fused_trial import run_group
-
-        run_group(config)
-        return
     entered = time.perf_counter()
-    trial, sweep = config["trial"], config["sweep"]
+    group = TrialGroup.from_config(config["trial"])
+    sweep = SweepContext.from_config(config["sweep"])
     timings = _enter(sweep)
     try:
-        train_config = TrainConfig.model_validate(trial["train"])
-        data = datacache.shared_dataset(sweep["parent_run_id"], train_config)
-        trainer = Trainer(train_config, data)
+        configs = [TrainConfig.model_validate(m.train) for m in group.members]
+        data = datacache.shared_dataset(sweep.parent_run_id, configs[0])
+        trainer = Trainer(configs, data)
     except UserError as error:
         # Deterministic: every retry and every other trial would fail the same way.
         tune.report({USER_ERROR_KEY: str(error)})
         return
-    # The precision the trainer chose (``auto`` resolves by hardware and model).
-    resolved = {
-        **train_config.model_dump(),
-        "precision": trainer.precision,
-        "hparams": trainer.hparams.model_dump(),
-    }
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         trainer.load_state_dict(_load_state(checkpoint))
-        if trainer.epoch >= trainer.hparams.epochs:
+        if trainer.epoch >= trainer.epochs or not trainer.active:
             # Finished before the driver died, after Ray's last snapshot of the
-            # sweep: its run is complete; the driver settles its status.
+            # sweep: its runs are complete; the driver settles their status.
             return
     tags = {
         **_placement_tags(),
         "bopsweep.dataset_copy": "node (Ray object store)" if data else "trial",
     }
-    options = tracking.trial_options(
-        sweep, train_config.dataset, train_config.data_dir, trainer.data
-    )
-    tracker = _tracker(sweep, trial, resolved, tags, options)
-    if tracker.completed is not None:
-        # Finished before the driver died, after Ray's last snapshot of the sweep:
-        # Ray gets the run's last epoch and nothing is trained or logged again.
-        tracker.close()
-        tune.report({**tracker.completed, **_timing_keys(timings)})
+    if trainer.members > 1:
+        tags["bopsweep.fused_group"] = group.dir
+        tags["bopsweep.fused_members"] = str(trainer.members)
+    # One after the other: a few requests each (threads only contend for a local
+    # sqlite store's lock: 0.7 s against 0.1 s for five runs).
+    trackers = {
+        k: _open_run(trainer, k, group, sweep, tags)
+        for k in range(trainer.members)
+        if trainer.stopped.get(k, COMPLETED) == COMPLETED
+    }
+    # Members whose runs ended FINISHED before the driver died (after Ray's last
+    # snapshot of the sweep) keep their runs as they are and are frozen, not trained
+    # again; a group of only those is done: Ray gets their runs' last epochs.
+    completed = {k: t.completed for k, t in trackers.items() if t.completed is not None}
+    for k in completed:
+        trackers.pop(k).close()
+        if k not in trainer.stopped:
+            trainer.stop(k, COMPLETED)
+    if completed and not trackers:
+        parts = {group.members[k].index: m for k, m in completed.items()}
+        epoch = max(int(m.get("epoch", -1)) for m in completed.values())
+        ranked = list(completed.values())
+        result = group_result(parts, epoch, ranked, sweep.metric, sweep.mode)
+        tune.report({**result, **_timing_keys(timings)})
         return
-    # Epochs a crash left in the tracker's queue are sent again from the checkpoint's
-    # history; the steps the run already holds are skipped.
-    for metrics in trainer.history:
-        tracker.log_epoch(metrics, step=int(metrics["epoch"]))
-    policy = CheckpointPolicy(sweep.get("checkpoint_every"), sweep.get("checkpoint_every_s"))
-    models = tracking.ModelKeeper(tracker, sweep.get("models", ()))
-    # An early-stopping scheduler may stop the trial at any report.
-    scheduler = sweep.get("scheduler") or {}
-    may_stop = scheduler.get("type", "fifo") != "fifo"
-    callbacks: list[Callback] = [_ReportToTune(tracker, policy, timings, models, may_stop)]
-    callbacks += extra_callbacks(trial["index"])
+    models = {k: tracking.ModelKeeper(t, sweep.models, k) for k, t in trackers.items()}
+    report = ReportToTune(trackers, group, sweep, timings, completed, models)
     timings["setup_s"] = time.perf_counter() - entered
     try:
-        trainer.fit(callbacks)
-    except UserError as error:
-        tracker.set_tags({"bopsweep.failure": str(error)})
-        tracker.finish("FAILED")
-        tune.report({USER_ERROR_KEY: str(error)})
-        return
+        trainer.fit([report, *extra_callbacks(group.index)])
     except Exception as error:
-        reason = (
-            str(error)
-            if isinstance(error, TrainingDiverged)
-            else f"{type(error).__name__}: {error}"
-        )
-        tracker.set_tags({"bopsweep.failure": reason})
-        tracker.finish("FAILED")
-        raise
+        # The trial's own failure: every member still training ends FAILED with its
+        # message, and the Ray trial ends normally (a retry would fail the same way;
+        # Ray's retries are for workers and nodes that died).
+        reason = _failure(error)
+        traceback.print_exc()  # the whole story, in the trial's log
+        for k in trainer.active:
+            trainer.stop(k, reason)
+        for tracker in report.trackers.values():
+            tracker.set_tags({"bopsweep.failure": reason})
+        tracking.finish_all(report.trackers.values(), "FAILED")
+        result = report.result(trainer, [])
+        if isinstance(error, UserError):
+            result[USER_ERROR_KEY] = reason
+        tune.report({**result, **_timing_keys(timings)})
+        return
     except BaseException:
         # Ray's own stop (a scheduler's early stop, Ctrl-C) arrives as SystemExit
         # from tune.report: send what is queued; the driver settles the status.
-        tracker.flush(timeout_s=10)
-        tracker.close()
+        tracking.flush_all(report.trackers.values(), timeout_s=10)
+        for tracker in report.trackers.values():
+            tracker.close()
         raise
-    if not tracker.finish("FINISHED"):
+    members = {id(t): group.members[k].index for k, t in report.trackers.items()}
+    for tracker in tracking.finish_all(report.trackers.values(), "FINISHED"):
         # Shown in the trial's log; the driver reports the missing epochs.
         print(
-            f"bopsweep: trial {trial['index']} could not log every epoch to "
-            f"{sweep['tracking_uri']}: {tracker.refused or 'the server did not answer'}",
+            f"bopsweep: trial {members[id(tracker)]} could not log every epoch to "
+            f"{sweep.tracking_uri}: {tracker.refused or 'the server did not answer'}",
             file=sys.stderr,
         )

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from bopsweep.errors import UserError
-from bopsweep.sweep.fused_trial import SuccessiveHalving
 from bopsweep.sweep.fusion import plan_groups, record_gains
 from bopsweep.sweep.spec import expand, load_spec
+from bopsweep.sweep.trainable import SuccessiveHalving
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -92,14 +92,27 @@ def test_only_trials_that_differ_in_member_values_share_a_group(tmp_path):
     assert {t.train.seed for t in planned[0].trials} == {0, 1}
 
 
-def test_what_needs_single_trials_runs_unfused(tmp_path):
-    # HyperBand pauses trials, median stopping compares them, models are per trial.
-    assert sizes(groups(tmp_path, ["scheduler={type: hyperband}"])) == [1] * 9
-    assert sizes(groups(tmp_path, ["scheduler={type: median}"])) == [1] * 9
-    assert sizes(groups(tmp_path, ["tracking.models=[final]"])) == [1] * 9
-    assert sizes(groups(tmp_path, ["train.hparams.optimizer=bop2_unbiased", "fuse=9"])) == [1] * 9
-    # ASHA's rungs run inside a group.
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        # HyperBand pauses trials, median stopping compares them.
+        (["scheduler={type: hyperband}"], "scheduler hyperband pauses and compares"),
+        (["scheduler={type: median}"], "scheduler median pauses and compares"),
+        (["train.hparams.optimizer=bop2_unbiased", "fuse=9"], "bop2_unbiased has no fused"),
+        (["train.compile=true", "fuse=9"], "compile: true compiles one model per trial"),
+    ],
+)
+def test_what_needs_single_trials_runs_alone_and_says_why(tmp_path, overrides, reason):
+    planned = groups(tmp_path, overrides)
+    assert sizes(planned) == [1] * 9
+    assert all(reason in g.alone for g in planned)
+
+
+def test_what_works_inside_a_group_keeps_groups(tmp_path):
+    # ASHA's rungs run inside a group; each member's models are its own.
     assert sizes(groups(tmp_path, ["scheduler={type: asha}"])) == [5, 4]
+    assert sizes(groups(tmp_path, ["tracking.models=[final, best]"])) == [5, 4]
+    assert all(g.alone is None for g in groups(tmp_path, ["fuse=off"]))
 
 
 def test_a_bad_fuse_value_is_one_line_naming_the_choices(tmp_path):

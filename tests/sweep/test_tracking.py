@@ -188,7 +188,8 @@ def test_final_and_best_models_are_mlflow_models(shared_store, tmp_path, monkeyp
     keeper = tracking.ModelKeeper(tracker, ["final", "best"])
 
     class Log(Callback):
-        def on_epoch_end(self, trainer, metrics):
+        def on_epoch_end(self, trainer, members):
+            (metrics,) = members
             tracker.log_epoch(metrics, step=int(metrics["epoch"]))
             keeper.after_epoch(trainer, trainer.epoch >= trainer.hparams.epochs)
 

@@ -1,11 +1,96 @@
-"""When a trial checkpoints: after its last epoch, and in between by elapsed time or
-every N epochs."""
+"""A trial's checkpoint policy, and a group's report to Ray Tune when members had
+finished before a restart.
+
+A driver that dies after a member's run ended FINISHED but before Ray's last snapshot
+of the sweep restarts the whole group: that member is frozen (not trained again), and
+the group reports its run's final metrics for it.
+"""
 
 from __future__ import annotations
 
 import time
 
-from bopsweep.sweep.trainable import CheckpointPolicy
+import pytest
+import torch
+
+from bopsweep.bnn.fused import member_state_dict
+from bopsweep.config import make_train_config
+from bopsweep.data import load_dataset
+from bopsweep.sweep.contract import (
+    MEMBER_ERROR_KEY,
+    MEMBER_STATUS_KEY,
+    Member,
+    SweepContext,
+    TrialGroup,
+)
+from bopsweep.sweep.trainable import COMPLETED, CheckpointPolicy, ReportToTune
+from bopsweep.train import Callback, Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SWEEP = SweepContext("sqlite:///unused.db", "0", "parent")
+# The members' trial indices in the sweep are 3 and 4.
+GROUP = TrialGroup(3, "fused_003", "fused_003", (Member(3, "a", {}, {}), Member(4, "b", {}, {})))
+# What the finished member's MLflow run holds (its last epoch).
+FINAL = {"epoch": 1, "val_accuracy": 0.999, "train_loss": 0.01}
+
+
+class _Metrics(Callback):
+    def on_epoch_end(self, trainer: Trainer, metrics: list) -> None:
+        self.metrics = metrics
+
+
+def _trainer() -> Trainer:
+    configs = [
+        make_train_config(
+            model="mlp",
+            dataset="digits",
+            hparams_set="bop",
+            hparams={"gamma": gamma},
+            epochs=2,
+            device="cpu",
+        )
+        for gamma in (1e-3, 1e-4)
+    ]
+    return Trainer(configs, load_dataset("digits"), device=torch.device("cpu"))
+
+
+def _report(completed: dict[int, dict]) -> ReportToTune:
+    timings = {"train_s": 0.0, "drain_s": 0.0}
+    return ReportToTune({}, GROUP, SWEEP, timings, completed)
+
+
+def test_a_member_finished_before_a_restart_is_frozen_and_reported_as_its_run_ended():
+    trainer = _trainer()
+    trainer.stop(0, COMPLETED)
+    # Its weights, BatchNorm statistics and biases (the group's one step counter,
+    # num_batches_tracked, is shared by every member).
+    before = {k: v.clone() for k, v in member_state_dict(trainer.model, 0).items() if v.dim()}
+    seen = _Metrics()
+    trainer.epochs = 1
+    trainer.fit([seen])
+
+    after = member_state_dict(trainer.model, 0)
+    assert all(torch.equal(before[k], after[k]) for k in before), "member 0 was trained"
+    assert seen.metrics[0] is None and seen.metrics[1] is not None
+
+    result = _report({0: FINAL}).result(trainer, seen.metrics)
+    assert result["members"]["3"] == FINAL
+    assert result["members"]["4"]["val_accuracy"] == seen.metrics[1]["val_accuracy"]
+    assert MEMBER_STATUS_KEY not in result["members"]["4"]
+    assert result["val_accuracy"] == FINAL["val_accuracy"]  # the group's best member
+
+
+def test_a_completed_member_restored_from_a_checkpoint_is_finished_not_failed():
+    trainer = _trainer()
+    trainer.stop(0, COMPLETED)
+    restored = _trainer()
+    restored.load_state_dict(trainer.state_dict())
+    assert restored.stopped == {0: COMPLETED}
+
+    result = _report({}).result(restored, [None, None])
+    assert result["members"]["3"][MEMBER_STATUS_KEY] == "FINISHED"
+    assert MEMBER_ERROR_KEY not in result["members"]["3"]
 
 
 def test_only_the_last_epoch_when_epochs_are_quick():

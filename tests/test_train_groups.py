@@ -1,4 +1,4 @@
-"""The fused training loop against K separate runs of the same configs.
+"""A group of K > 1 members (one stacked model) against K runs of one member each.
 
 * A fused member gets the metrics its own run gets: the same keys, and in the first
   epoch the same values within float tolerance (the fused BatchNorm and matmuls
@@ -23,7 +23,6 @@ from bopsweep.config import make_train_config
 from bopsweep.data import load_dataset
 from bopsweep.errors import UserError
 from bopsweep.train import Trainer
-from bopsweep.train_fused import FusedTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,10 +55,10 @@ def _grid(epochs: int, seeds=(0,)):
 
 def test_first_epoch_of_each_member_is_its_own_run(digits):
     configs = _grid(1)
-    fused = FusedTrainer(configs, digits, device=CPU)
+    fused = Trainer(configs, digits, device=CPU)
     histories = fused.fit()
     for config, history in zip(configs, histories, strict=True):
-        own = Trainer(config, digits, device=CPU).fit()[0]
+        own = Trainer(config, digits, device=CPU).fit()[0][0]
         assert set(history[0]) == set(own)
         threshold = config.resolved_hparams().threshold
         for key, value in own.items():
@@ -72,8 +71,8 @@ def test_the_grid_agrees_fused_and_unfused_over_three_seeds(digits):
     seeds, epochs = (0, 1, 2), 4
     configs = _grid(epochs, seeds)
     # All 27 runs in one group: members with different seeds draw their own batches.
-    fused = FusedTrainer(configs, digits, device=CPU).fit()
-    alone = [Trainer(c, digits, device=CPU).fit() for c in configs]
+    fused = Trainer(configs, digits, device=CPU).fit()
+    alone = [Trainer(c, digits, device=CPU).fit()[0] for c in configs]
 
     def per_config(histories, key):
         values: dict[tuple, list[float]] = {}
@@ -105,11 +104,11 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(digits):
         _config(1e-6, 1e-3, 2, fp_optimizer="sgd", lr=0.01),
         _config(1e-6, 1e-3, 2, fp_optimizer="sgd", lr=1e38),
     ]
-    trainer = FusedTrainer(configs, digits, device=CPU)
+    trainer = Trainer(configs, digits, device=CPU)
     histories = trainer.fit()
     assert "diverged" in trainer.stopped[1]
     assert len(histories[0]) == 2 and histories[1] == []
-    own = Trainer(configs[0], digits, device=CPU).fit()
+    own = Trainer(configs[0], digits, device=CPU).fit()[0]
     assert histories[0][-1]["val_accuracy"] == pytest.approx(own[-1]["val_accuracy"], abs=0.05)
     frozen = {k: v.clone() for k, v in member_state_dict(trainer.model, 1).items()}
     trainer.epochs = 3
@@ -121,13 +120,13 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(digits):
 
 def test_a_group_resumes_from_its_state_dict_exactly(digits):
     configs = [_config(1e-6, 1e-3, 3, seed=0), _config(1e-5, 1e-2, 3, seed=1, lr=0.02)]
-    whole = FusedTrainer(configs, digits, device=CPU)
+    whole = Trainer(configs, digits, device=CPU)
     expected = whole.fit()
-    first = FusedTrainer([c.model_copy(update={}) for c in configs], digits, device=CPU)
+    first = Trainer([c.model_copy(update={}) for c in configs], digits, device=CPU)
     first.epochs = 1
     first.fit()
     state = first.state_dict()
-    resumed = FusedTrainer(configs, digits, device=CPU)
+    resumed = Trainer(configs, digits, device=CPU)
     resumed.load_state_dict(state)
     histories = resumed.fit()
     for got, want in zip(histories, expected, strict=True):
@@ -139,4 +138,16 @@ def test_a_group_resumes_from_its_state_dict_exactly(digits):
 def test_configs_that_differ_beyond_member_values_do_not_fuse(digits):
     configs = [_config(1e-6, 1e-3, 2), _config(1e-6, 1e-3, 2, batch_size=64)]
     with pytest.raises(UserError, match="may differ only in"):
-        FusedTrainer(configs, digits, device=CPU)
+        Trainer(configs, digits, device=CPU)
+
+
+def test_a_member_as_a_plain_model_computes_its_part_of_the_group(digits):
+    configs = [_config(1e-6, 1e-3, 1, seed=0), _config(1e-5, 1e-2, 1, seed=1)]
+    trainer = Trainer(configs, digits, device=CPU)
+    trainer.fit()
+    x, _ = next(iter(trainer.batches.val()))
+    with torch.no_grad():
+        fused = trainer.model.eval()(x, shared=True)
+        for k in range(2):
+            alone = trainer.member_model(k)(x)
+            torch.testing.assert_close(alone, fused[k], rtol=1e-5, atol=1e-5)
