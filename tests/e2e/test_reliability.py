@@ -69,32 +69,67 @@ def epochs_logged(client: MlflowClient, experiment: str) -> int:
     return sum(len(client.get_metric_history(r.info.run_id, "epoch")) for r in runs)
 
 
-def test_killed_worker_resumes_into_the_same_run(mlflow_server, workdir, tmp_path):
+def _kill_worker_env(marker: Path) -> dict[str, str]:
+    """The first attempt of the Ray trial holding trial 0 SIGKILLs its own worker in
+    the middle of its third epoch."""
+    return {
+        "BOPSWEEP_TRIAL_CALLBACKS": testing.KILL_CALLBACK,
+        testing.KILL_AT_EPOCH_ENV: "2",
+        testing.KILL_TRIAL_ENV: "0",
+        testing.KILL_MARKER_ENV: str(marker),
+    }
+
+
+def _assert_complete(client: MlflowClient, experiment: str, trials: int, epochs: int) -> None:
+    parents, children = sweep_runs(client, experiment)
+    assert len(parents) == 1 and len(children) == trials
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert_each_step_once(client, child.info.run_id, epochs)
+
+
+@pytest.mark.parametrize("fuse", ["off", "2"])
+def test_killed_worker_resumes_into_the_same_run(mlflow_server, workdir, tmp_path, fuse):
+    """A worker killed mid-epoch is retried from its checkpoint within the run, by
+    default (max_failures: 3), whether its Ray trial holds one trial or a group."""
     marker = tmp_path / "killed"
+    experiment = f"e2e-kill-worker-{fuse}"
     result = bopsweep(
         "run",
         sweep_file("quickstart.yaml"),
-        *grid("[1e-6]", "[1e-3,1e-4]", 4, "--set", "max_failures=1"),
+        *grid("[1e-6]", "[1e-3,1e-4]", 4, "--set", f"fuse={fuse}"),
         "--set",
-        "tracking.experiment=e2e-kill-worker",
+        f"tracking.experiment={experiment}",
         "--tracking-uri",
         mlflow_server.uri,
         cwd=workdir,
-        env={
-            "BOPSWEEP_TRIAL_CALLBACKS": testing.KILL_CALLBACK,
-            testing.KILL_AT_EPOCH_ENV: "2",
-            testing.KILL_TRIAL_ENV: "0",
-            testing.KILL_MARKER_ENV: str(marker),
-        },
+        env=_kill_worker_env(marker),
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert marker.exists(), "the worker was never killed"
-    client = MlflowClient(mlflow_server.uri)
-    parents, children = sweep_runs(client, "e2e-kill-worker")
-    assert len(parents) == 1 and len(children) == 2
-    for child in children:
-        assert child.info.status == "FINISHED"
-        assert_each_step_once(client, child.info.run_id, 4)
+    _assert_complete(MlflowClient(mlflow_server.uri), experiment, 2, 4)
+
+
+def test_a_rerun_resumes_a_group_whose_worker_died(mlflow_server, workdir, tmp_path):
+    """With no retries left, a fused group whose worker died ends the run unfinished;
+    running the same command again resumes it from its checkpoint (Ray's restore
+    leaves errored trials alone unless told)."""
+    marker = tmp_path / "killed"
+    experiment = "e2e-kill-worker-rerun"
+    args = [
+        sweep_file("quickstart.yaml"),
+        *grid("[1e-6]", "[1e-3,1e-4]", 4, "--set", "fuse=2", "--set", "max_failures=0"),
+        "--set",
+        f"tracking.experiment={experiment}",
+        "--tracking-uri",
+        mlflow_server.uri,
+    ]
+    first = bopsweep("run", *args, cwd=workdir, env=_kill_worker_env(marker))
+    assert marker.exists(), "the worker was never killed"
+    assert first.returncode != 0, first.stdout[-2000:]
+    again = bopsweep("run", *args, cwd=workdir, env=_kill_worker_env(marker))
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    _assert_complete(MlflowClient(mlflow_server.uri), experiment, 2, 4)
 
 
 def test_divergence_fails_that_trial_only(mlflow_server, workdir):
