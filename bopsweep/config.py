@@ -33,8 +33,9 @@ class HParams(BaseModel):
 
     optimizer: Literal["bop", "bop2", "bop2_unbiased", "latent"] = Field(
         "bop",
-        description="bop | bop2 (second-order Bop) | bop2_unbiased (bop2 with Adam-style "
-        "bias correction of m and v) | latent (latent-weight baseline)",
+        description="bop | bop2 (second-order Bop) | bop2_unbiased (bop2 scoring "
+        "(m / gamma) / sqrt(v / sigma), as Bop and Beyond's code) | latent (latent-weight "
+        "baseline)",
     )
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(100, gt=0)
