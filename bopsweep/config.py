@@ -26,15 +26,16 @@ class HParams(BaseModel):
     Schedules: ``<name>_schedule`` is ``constant``, ``exponential`` (multiply by
     ``<name>_decay_factor`` every ``<name>_decay_epochs`` epochs, staircase) or
     ``linear`` (to ``<name>_end`` over ``<name>_decay_epochs`` epochs, all epochs
-    when unset). ``<name>`` is ``gamma``, ``threshold`` or ``lr``.
+    when unset). ``<name>`` is ``gamma``, ``threshold``, ``sigma`` or ``lr``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     optimizer: Literal["bop", "bop2", "bop2_unbiased", "latent"] = Field(
         "bop",
-        description="bop | bop2 (second-order Bop) | bop2_unbiased (bop2 with Adam-style "
-        "bias correction of m and v) | latent (latent-weight baseline)",
+        description="bop | bop2 (second-order Bop) | bop2_unbiased (bop2 scoring "
+        "(m / gamma) / sqrt(v / sigma), as Bop and Beyond's code) | latent (latent-weight "
+        "baseline)",
     )
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(100, gt=0)
@@ -52,6 +53,10 @@ class HParams(BaseModel):
         None, gt=0, description="the decay period in steps (overrides gamma_decay_epochs)"
     )
     sigma: float = Field(1e-2, gt=0, le=1, description="second-moment rate of bop2")
+    sigma_schedule: ScheduleName = "constant"
+    sigma_end: float | None = Field(None, gt=0, le=1)
+    sigma_decay_factor: float | None = Field(None, gt=0)
+    sigma_decay_epochs: float | None = Field(None, gt=0)
     fp_optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-2, gt=0, description="learning rate of the fp optimizer")
     lr_schedule: ScheduleName = "constant"
@@ -74,7 +79,7 @@ class HParams(BaseModel):
         return {k: getattr(self, k) for k in ARCHITECTURE_KEYS if getattr(self, k) is not None}
 
     def schedule(self, name: str, steps_per_epoch: int) -> Schedule:
-        """The schedule of ``gamma``, ``threshold`` or ``lr`` in optimizer steps."""
+        """The schedule of ``gamma``, ``threshold``, ``sigma`` or ``lr`` in optimizer steps."""
         kind = getattr(self, f"{name}_schedule")
         start = getattr(self, name)
         decay_epochs = getattr(self, f"{name}_decay_epochs")
@@ -109,14 +114,25 @@ def _keras_l2(value: Any) -> float:
 
 
 # The original code's hparam names that differ from bopsweep's: name -> (bopsweep
-# name, conversion of the value). Accepted in --hparams and in specs.
-ORIGINAL_NAMES: dict[str, tuple[str, Any]] = {
+# name or names, conversion of the value). Accepted in --hparams and in specs.
+ORIGINAL_NAMES: dict[str, tuple[str | tuple[str, ...], Any]] = {
     "lr_start": ("lr", None),
     "learning_rate": ("lr", None),
     "gamma_start": ("gamma", None),
     "gamma_decay": ("gamma_decay_factor", None),
     "decay_step": ("gamma_decay_steps", None),
     "regularization_quantity": ("weight_decay", _keras_l2),
+    # "Bop and Beyond"'s code: each rate's start and decay factor, and one period (or
+    # length, for linear decays) in epochs shared by every schedule.
+    "threshold_start": ("threshold", None),
+    "threshold_decay": ("threshold_decay_factor", None),
+    "sigma_start": ("sigma", None),
+    "sigma_decay": ("sigma_decay_factor", None),
+    "lr_decay": ("lr_decay_factor", None),
+    "epochs_decay": (
+        ("threshold_decay_epochs", "gamma_decay_epochs", "sigma_decay_epochs", "lr_decay_epochs"),
+        None,
+    ),
 }
 
 # Every key --hparams and specs accept: bopsweep's names and the original ones.
@@ -127,11 +143,21 @@ def translate_original_names(overrides: dict[str, Any]) -> dict[str, Any]:
     """``overrides`` with the original code's names replaced by bopsweep's."""
     out: dict[str, Any] = {}
     for key, value in overrides.items():
-        name, convert = ORIGINAL_NAMES.get(key, (key, None))
-        if name in out:
-            raise UserError(f"hparam {key} sets {name} a second time; give one of them")
-        out[name] = value if convert is None else convert(value)
+        names, convert = ORIGINAL_NAMES.get(key, (key, None))
+        for name in (names,) if isinstance(names, str) else names:
+            if name in out:
+                raise UserError(f"hparam {key} sets {name} a second time; give one of them")
+            out[name] = value if convert is None else convert(value)
     return out
+
+
+def _bop2_sets(names: tuple[str, str], **values: Any) -> dict[str, HParams]:
+    """One set per second-order optimizer: ``bop2`` and ``bop2_unbiased`` (named
+    ``names``) share every value, as the original code's pairs of sets do."""
+    return {
+        name: HParams(optimizer=optimizer, **values)
+        for name, optimizer in zip(names, ("bop2", "bop2_unbiased"), strict=True)
+    }
 
 
 _BINARYNET = {
@@ -149,20 +175,12 @@ _BINARYNET = {
         gamma_decay_epochs=100,
     ),
     # Bop2ndOrder ("Bop and Beyond", Suarez-Ramirez et al. 2021) as its code trains
-    # this BatchNorm BinaryNet: the flip test is on m / sqrt(v), a scale-free signal
-    # near +-1, so gamma is tiny (m barely forgets) and v adapts at sigma 1e-3.
-    "bop2": HParams(
-        optimizer="bop2",
-        epochs=100,
-        batch_size=100,
-        threshold=1e-6,
-        gamma=1e-7,
-        sigma=1e-3,
-        lr=0.01,
-    ),
-    # Its bias-corrected variant, at the rates its code gives it for this model.
-    "bop2_unbiased": HParams(
-        optimizer="bop2_unbiased",
+    # this BatchNorm BinaryNet (Bop2ndOrder repo, branch conference,
+    # models/binarynet_batch.py:110 and :135; its LayerNorm BinaryNet, binarynet.py,
+    # uses threshold 1e-6). The flip test is on m / sqrt(v), a scale-free signal, so
+    # gamma is tiny (m barely forgets) and v adapts at sigma 1e-3.
+    **_bop2_sets(
+        ("bop2", "bop2_unbiased"),
         epochs=100,
         batch_size=100,
         threshold=1e-5,
@@ -170,17 +188,54 @@ _BINARYNET = {
         sigma=1e-3,
         lr=0.01,
     ),
+    # Its schedule study (section 5.1.4; binarynet_batch.py:306 and :487): every rate,
+    # the learning rate included, x0.1 every 100 epochs (staircase), at batch 50.
+    **_bop2_sets(
+        ("bop2_exp", "bop2_unbiased_exp"),
+        epochs=350,
+        batch_size=50,
+        threshold=1e-6,
+        gamma=1e-7,
+        sigma=1e-3,
+        lr=0.01,
+        **{
+            f"{rate}_{key}": value
+            for rate in ("threshold", "gamma", "sigma", "lr")
+            for key, value in (("schedule", "exponential"), ("decay_factor", 0.1))
+        },
+        threshold_decay_epochs=100,
+        gamma_decay_epochs=100,
+        sigma_decay_epochs=100,
+        lr_decay_epochs=100,
+    ),
+    # Its CIFAR-10 result (section 5.2: 91.9% biased, 91.4% unbiased;
+    # binarynet_batch.py:422 and :601): 500 epochs at batch 50, every rate linear
+    # over all of them, sigma rising while the others fall.
+    **_bop2_sets(
+        ("bop2_cifar", "bop2_unbiased_cifar"),
+        epochs=500,
+        batch_size=50,
+        threshold=1e-5,
+        threshold_schedule="linear",
+        threshold_end=1e-8,
+        gamma=1e-2,
+        gamma_schedule="linear",
+        gamma_end=1e-5,
+        sigma=1e-7,
+        sigma_schedule="linear",
+        sigma_end=1e-2,
+        lr=0.01,
+        lr_schedule="linear",
+        lr_end=1e-3,
+    ),
 }
 
 _MLP = {
     "default": HParams(optimizer="latent", epochs=30, batch_size=32, lr=5e-3),
     "bop": HParams(optimizer="bop", epochs=30, batch_size=32, threshold=1e-6, gamma=1e-3),
     # BinaryNet's bop2 rates at the MLP's epochs and batch size, like "bop".
-    "bop2": HParams(
-        optimizer="bop2", epochs=30, batch_size=32, threshold=1e-6, gamma=1e-7, sigma=1e-3
-    ),
-    "bop2_unbiased": HParams(
-        optimizer="bop2_unbiased",
+    **_bop2_sets(
+        ("bop2", "bop2_unbiased"),
         epochs=30,
         batch_size=32,
         threshold=1e-5,
@@ -190,10 +245,17 @@ _MLP = {
 }
 
 
-def _imagenet_sets(epochs: int, weight_decay: float = 0.0) -> dict[str, HParams]:
+def _imagenet_sets(
+    epochs: int, weight_decay: float = 0.0, bop2_epochs: int | None = None
+) -> dict[str, HParams]:
     """Section 5.3: batch 1024, Adam on the real-valued parameters with its learning
     rate decayed linearly 2.5e-3 -> 5e-6 over all steps; Bop at threshold 1e-8 with
-    gamma decayed linearly 1e-4 -> 1e-6 over all steps (Keras' PolynomialDecay)."""
+    gamma decayed linearly 1e-4 -> 1e-6 over all steps (Keras' PolynomialDecay).
+
+    ``bop2`` (for ``bop2_epochs``): "Bop and Beyond"'s ImageNet runs (its
+    ``bop2ndOrder_ImageNet`` sets), the same Adam schedule and, linearly over all
+    steps, threshold 1e-8 -> 1e-5 (rising), gamma 1e-4 -> 1e-9 and sigma
+    1e-5 -> 1e-2 (rising)."""
     shared = dict(
         epochs=epochs,
         batch_size=1024,
@@ -202,7 +264,7 @@ def _imagenet_sets(epochs: int, weight_decay: float = 0.0) -> dict[str, HParams]
         lr_end=5e-6,
         weight_decay=weight_decay,
     )
-    return {
+    sets = {
         "bop": HParams(
             optimizer="bop",
             threshold=1e-8,
@@ -215,19 +277,84 @@ def _imagenet_sets(epochs: int, weight_decay: float = 0.0) -> dict[str, HParams]
         # trains the same network with latent weights under the same Adam schedule.
         "default": HParams(optimizer="latent", **shared),
     }
+    if bop2_epochs is not None:
+        sets["bop2"] = HParams(
+            optimizer="bop2",
+            threshold=1e-8,
+            threshold_schedule="linear",
+            threshold_end=1e-5,
+            gamma=1e-4,
+            gamma_schedule="linear",
+            gamma_end=1e-9,
+            sigma=1e-5,
+            sigma_schedule="linear",
+            sigma_end=1e-2,
+            **{**shared, "epochs": bop2_epochs},
+        )
+    return sets
 
 
 # Keras' l2(5e-7) adds 5e-7 * sum(w ** 2) to the loss; its gradient, 1e-6 * w, is what
 # PyTorch's weight_decay adds to the gradient.
 _XNORNET_L2 = 5e-7
 
-# One entry per model.
+# "Bop and Beyond"'s ImageNet runs: XNOR-Net as long as Bop's (xnor_batch.py:423),
+# Bi-Real Net 150 epochs, half of Bop's 300 (birealnet_batch.py:429; its
+# regularization_quantity reaches no layer of that model).
+_XNORNET = _imagenet_sets(epochs=100, weight_decay=2 * _XNORNET_L2, bop2_epochs=100)
+_BIREALNET = {
+    **_imagenet_sets(epochs=300, bop2_epochs=150),
+    # A constant-rate pair (birealnet_batch.py:152 and :182): batch 256, Adam lr 0.01.
+    **_bop2_sets(
+        ("bop2_constant", "bop2_unbiased_constant"),
+        epochs=300,
+        batch_size=256,
+        threshold=1e-8,
+        gamma=1e-5,
+        sigma=1e-6,
+        lr=0.01,
+    ),
+}
+
+# "Bop and Beyond"'s names for the same sets (its models/*_batch.py, the BatchNorm
+# models these are), accepted as they are in its command lines.
+_ORIGINAL_SET_NAMES: dict[str, dict[str, str]] = {
+    "binarynet": {
+        "bop2ndOrder": "bop2",
+        "bop2ndOrder_unbiased": "bop2_unbiased",
+        "bop2ndOrder_testExp": "bop2_exp",
+        "bop2ndOrder_unbiased_testExp": "bop2_unbiased_exp",
+        # testPoly and CIFAR are the same values.
+        "bop2ndOrder_testPoly": "bop2_cifar",
+        "bop2ndOrder_CIFAR": "bop2_cifar",
+        "bop2ndOrder_unbiased_testPoly": "bop2_unbiased_cifar",
+        "bop2ndOrder_unbiased_CIFAR": "bop2_unbiased_cifar",
+    },
+    "xnornet": {"bop2ndOrder_ImageNet": "bop2", "bop2ndOrder_testPoly": "bop2"},
+    "birealnet": {
+        "bop2ndOrder_ImageNet": "bop2",
+        "bop2ndOrder_testPoly": "bop2",
+        "bop2ndorder": "bop2_constant",
+        "bop2ndorder_unbiased": "bop2_unbiased_constant",
+    },
+}
+
+
+def _with_original_names(model: str, sets: dict[str, HParams]) -> dict[str, HParams]:
+    aliases = _ORIGINAL_SET_NAMES.get(model, {})
+    return {**sets, **{alias: sets[name] for alias, name in aliases.items()}}
+
+
+# One entry per model; the original code's set names included.
 HPARAM_SETS: dict[str, dict[str, HParams]] = {
-    "binarynet": _BINARYNET,
-    "mlp": _MLP,
-    "binary_alexnet": _imagenet_sets(epochs=150),
-    "xnornet": _imagenet_sets(epochs=100, weight_decay=2 * _XNORNET_L2),
-    "birealnet": _imagenet_sets(epochs=300),
+    model: _with_original_names(model, sets)
+    for model, sets in {
+        "binarynet": _BINARYNET,
+        "mlp": _MLP,
+        "binary_alexnet": _imagenet_sets(epochs=150),
+        "xnornet": _XNORNET,
+        "birealnet": _BIREALNET,
+    }.items()
 }
 
 

@@ -283,3 +283,130 @@ def test_architecture_hparams_per_model():
         resolve_hparams("xnornet", "bop", {"kernel_size": "3"})
     with pytest.raises(UserError, match="filters"):
         resolve_hparams("binarynet", "bop", {"filters": "0"})
+
+
+# ------------------------------------------------------ "Bop and Beyond"'s sets
+def test_bop2_sets_are_the_batchnorm_binarynets():
+    # binarynet_batch.py:110 and :135 (branch conference): threshold 1e-5; 1e-6 is the
+    # LayerNorm BinaryNet's.
+    sets = HPARAM_SETS["binarynet"]
+    for name, optimizer in (("bop2", "bop2"), ("bop2_unbiased", "bop2_unbiased")):
+        hp = sets[name]
+        assert (hp.optimizer, hp.epochs, hp.batch_size, hp.lr) == (optimizer, 100, 100, 0.01)
+        assert (hp.threshold, hp.gamma, hp.sigma) == (1e-5, 1e-7, 1e-3)
+        assert {hp.threshold_schedule, hp.gamma_schedule, hp.sigma_schedule} == {"constant"}
+    assert sets["bop2ndOrder"] is sets["bop2"]
+    assert sets["bop2ndOrder_unbiased"] is sets["bop2_unbiased"]
+
+
+def test_bop2_exp_decays_every_rate_tenfold_every_100_epochs():
+    for name in ("bop2_exp", "bop2_unbiased_exp"):
+        hp = HPARAM_SETS["binarynet"][name]
+        assert (hp.epochs, hp.batch_size) == (350, 50)
+        # CIFAR-10 at batch 50: 1000 steps per epoch, the original's decay_step 100000.
+        starts = {"threshold": 1e-6, "gamma": 1e-7, "sigma": 1e-3, "lr": 1e-2}
+        for rate, start in starts.items():
+            schedule = hp.schedule(rate, steps_per_epoch=1000)
+            assert schedule(99_999) == start
+            assert schedule(100_000) == pytest.approx(start / 10)
+            assert schedule(349_999) == pytest.approx(start / 1000)
+
+
+def test_bop2_cifar_is_linear_over_all_epochs():
+    hp = HPARAM_SETS["binarynet"]["bop2_cifar"]
+    assert HPARAM_SETS["binarynet"]["bop2ndOrder_CIFAR"] is hp
+    assert HPARAM_SETS["binarynet"]["bop2ndOrder_testPoly"] is hp
+    assert HPARAM_SETS["binarynet"]["bop2_unbiased_cifar"].optimizer == "bop2_unbiased"
+    assert (hp.optimizer, hp.epochs, hp.batch_size) == ("bop2", 500, 50)
+    ends = {"threshold": (1e-5, 1e-8), "gamma": (1e-2, 1e-5), "sigma": (1e-7, 1e-2)}
+    for rate, (start, end) in {**ends, "lr": (1e-2, 1e-3)}.items():
+        schedule = hp.schedule(rate, steps_per_epoch=1000)
+        assert schedule(0) == start
+        assert schedule(250_000) == pytest.approx((start + end) / 2)
+        assert schedule(500_000) == pytest.approx(end)
+
+
+@pytest.mark.parametrize(
+    ("model", "epochs", "weight_decay"), [("xnornet", 100, 1e-6), ("birealnet", 150, 0.0)]
+)
+def test_bop2_imagenet_sets(model, epochs, weight_decay):
+    hp = HPARAM_SETS[model]["bop2"]
+    assert HPARAM_SETS[model]["bop2ndOrder_ImageNet"] is hp
+    assert (hp.optimizer, hp.epochs, hp.batch_size, hp.weight_decay) == (
+        "bop2",
+        epochs,
+        1024,
+        weight_decay,
+    )
+    steps = epochs * 1000
+    for rate, start, end in (
+        ("threshold", 1e-8, 1e-5),
+        ("gamma", 1e-4, 1e-9),
+        ("sigma", 1e-5, 1e-2),
+        ("lr", 2.5e-3, 5e-6),
+    ):
+        schedule = hp.schedule(rate, steps_per_epoch=1000)
+        assert (schedule(0), schedule(steps)) == (start, pytest.approx(end))
+    assert "bop2" not in HPARAM_SETS["binary_alexnet"]
+
+
+def test_birealnet_constant_rate_bop2_sets():
+    sets = HPARAM_SETS["birealnet"]
+    for name, alias in (
+        ("bop2_constant", "bop2ndorder"),
+        ("bop2_unbiased_constant", "bop2ndorder_unbiased"),
+    ):
+        hp = sets[name]
+        assert sets[alias] is hp
+        assert (hp.epochs, hp.batch_size, hp.lr, hp.lr_schedule) == (300, 256, 0.01, "constant")
+        assert (hp.threshold, hp.gamma, hp.sigma) == (1e-8, 1e-5, 1e-6)
+
+
+def test_the_original_codes_schedule_names():
+    # The README of "Bop and Beyond"'s code, section 5.1.4, by its own names.
+    original = parse_hparams(
+        "epochs_decay=100,threshold=1e-6,threshold_decay=0.1,gamma=1e-7,gamma_decay=0.1,"
+        "sigma=1e-3,sigma_decay=0.1"
+    )
+    hp = resolve_hparams("binarynet", "bop2ndOrder_unbiased_testExp", original)
+    assert hp == HPARAM_SETS["binarynet"]["bop2_unbiased_exp"]
+    poly = parse_hparams("threshold_start=1e-5,sigma_start=1e-7,lr_decay=0.5")
+    hp = resolve_hparams("binarynet", "bop2", poly)
+    assert (hp.threshold, hp.sigma, hp.lr_decay_factor) == (1e-5, 1e-7, 0.5)
+    with pytest.raises(UserError, match="hparam epochs_decay sets gamma_decay_epochs a second"):
+        resolve_hparams("binarynet", "bop2", {"gamma_decay_epochs": "5", "epochs_decay": "9"})
+
+
+def test_a_sigma_schedule():
+    hp = HParams(
+        optimizer="bop2",
+        epochs=10,
+        sigma=1e-3,
+        sigma_schedule="exponential",
+        sigma_decay_factor=0.1,
+        sigma_decay_epochs=2,
+    )
+    sigma = hp.schedule("sigma", steps_per_epoch=5)
+    assert [sigma(s) for s in (0, 9, 10)] == [1e-3, 1e-3, pytest.approx(1e-4)]
+    with pytest.raises(UserError, match="sigma_schedule=linear needs sigma_end"):
+        HParams(sigma_schedule="linear").schedule("sigma", steps_per_epoch=5)
+    with pytest.raises(UserError, match="hparam sigma_end: "):
+        resolve_hparams("binarynet", "bop2", {"sigma_end": "2"})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bopsweep.train.build_optimizer passes the constant hp.sigma, not "
+    "hp.schedule('sigma', steps_per_epoch)",
+)
+def test_training_follows_the_sigma_schedule():
+    from torch import nn
+
+    from bopsweep.bnn.layers import QuantLinear
+    from bopsweep.train import build_optimizer
+
+    model = nn.Sequential(QuantLinear(4, 3))
+    hp = HPARAM_SETS["binarynet"]["bop2_cifar"]
+    optimizer = build_optimizer(model, hp, steps_per_epoch=1000)
+    optimizer.binary.param_groups[0]["step"] = 250_000
+    assert optimizer.binary.current("sigma") == pytest.approx((1e-7 + 1e-2) / 2)

@@ -24,7 +24,6 @@ optimizer and every other parameter to a full-precision one (Adam in the paper).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -271,25 +270,31 @@ def _multi_tensor_bop2(
     _flip_multi(params, torch._foreach_div(ms, denominators), threshold, flips)
 
 
+def _bop2_unbiased_scores_single(m: Tensor, v: Tensor, gamma: float, sigma: float) -> Tensor:
+    # The original's ``(m_t / gamma) / (tf.math.sqrt(v_t / sigma) + 1e-10)``, one
+    # operation at a time in the same order, so the float32 roundings are its own.
+    return (m / gamma) / ((v / sigma).sqrt() + _BOP2_EPS)
+
+
 def _single_tensor_bop2_unbiased(
     params: list[Tensor],
     grads: list[Tensor],
     ms: list[Tensor],
     vs: list[Tensor],
-    m_corrections: list[float],
-    v_corrections: list[float],
     flips: list[Tensor] | None,
     *,
-    threshold: float,
-    gamma: float,
-    sigma: float,
+    threshold: Rate,
+    gamma: Rate,
+    sigma: Rate,
 ) -> None:
-    tensors = zip(params, grads, ms, vs, m_corrections, v_corrections, strict=True)
-    for i, (w, g, m, v, m_correction, v_correction) in enumerate(tensors):
-        m.lerp_(g, gamma)
-        v.lerp_(g * g, sigma)
-        score = (m / m_correction) / ((v / v_correction).sqrt() + _BOP2_EPS)
-        _flip_single(w, score, threshold, None if flips is None else flips[i])
+    count = len(params)
+    thresholds, gammas = _per_tensor(threshold, count), _per_tensor(gamma, count)
+    sigmas = _per_tensor(sigma, count)
+    for i, (w, g, m, v) in enumerate(zip(params, grads, ms, vs, strict=True)):
+        m.lerp_(g, gammas[i])
+        v.lerp_(g * g, sigmas[i])
+        score = _bop2_unbiased_scores_single(m, v, gammas[i], sigmas[i])
+        _flip_single(w, score, thresholds[i], None if flips is None else flips[i])
 
 
 def _multi_tensor_bop2_unbiased(
@@ -297,24 +302,23 @@ def _multi_tensor_bop2_unbiased(
     grads: list[Tensor],
     ms: list[Tensor],
     vs: list[Tensor],
-    m_corrections: list[float],
-    v_corrections: list[float],
     flips: list[Tensor] | None,
     *,
-    threshold: float,
-    gamma: float,
-    sigma: float,
+    threshold: Rate,
+    gamma: Rate,
+    sigma: Rate,
 ) -> None:
     if not params:
         return
-    torch._foreach_lerp_(ms, grads, gamma)
-    torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), sigma)
-    m_hats = torch._foreach_div(ms, m_corrections)
-    denominators = torch._foreach_div(vs, v_corrections)
+    gammas, sigmas = _foreach_rate(gamma), _foreach_rate(sigma)
+    torch._foreach_lerp_(ms, grads, gammas)
+    torch._foreach_lerp_(vs, torch._foreach_mul(grads, grads), sigmas)
+    scores = torch._foreach_div(ms, gammas)
+    denominators = torch._foreach_div(vs, sigmas)
     torch._foreach_sqrt_(denominators)
     torch._foreach_add_(denominators, _BOP2_EPS)
-    torch._foreach_div_(m_hats, denominators)
-    _flip_multi(params, m_hats, threshold, flips)
+    torch._foreach_div_(scores, denominators)
+    _flip_multi(params, scores, threshold, flips)
 
 
 def bop(
@@ -355,31 +359,18 @@ def bop2_unbiased(
     grads: list[Tensor],
     ms: list[Tensor],
     vs: list[Tensor],
-    m_corrections: list[float],
-    v_corrections: list[float],
     flips: list[Tensor] | None = None,
     *,
-    threshold: float,
-    gamma: float,
-    sigma: float,
+    threshold: Rate,
+    gamma: Rate,
+    sigma: Rate,
     foreach: bool = True,
 ) -> None:
-    """Functional bias-corrected second-order Bop: update ``ms``, ``vs`` and flip
-    ``params`` in place; the flip test divides ``m`` and ``v`` by their corrections
-    (``1 - (1 - gamma)^t`` and ``1 - (1 - sigma)^t`` for constant rates), one per tensor."""
+    """Functional "unbiased" second-order Bop: update ``ms``, ``vs`` and flip
+    ``params`` in place; the flip test divides ``m`` by ``gamma`` and ``v`` by
+    ``sigma`` (the rates of this step)."""
     kernel = _multi_tensor_bop2_unbiased if foreach else _single_tensor_bop2_unbiased
-    kernel(
-        params,
-        grads,
-        ms,
-        vs,
-        m_corrections,
-        v_corrections,
-        flips,
-        threshold=threshold,
-        gamma=gamma,
-        sigma=sigma,
-    )
+    kernel(params, grads, ms, vs, flips, threshold=threshold, gamma=gamma, sigma=sigma)
 
 
 # ------------------------------------------------------------------------ optimizers
@@ -564,46 +555,31 @@ class Bop2ndOrder(Bop):
 
 
 class Bop2ndOrderUnbiased(Bop2ndOrder):
-    """Bop2ndOrder with Adam's bias correction ("Bop and Beyond", its unbiased variant).
+    """Bop2ndOrder as "Bop and Beyond"'s code names it unbiased (``Bop2ndOrder_unbiased``).
 
-    ``m`` and ``v`` start at zero, so early on they underestimate the gradient's
-    moments; the flip test uses ``m_hat = m / (1 - (1 - gamma)^t)`` and
-    ``v_hat = v / (1 - (1 - sigma)^t)`` after ``t`` steps of the tensor::
+    The moving averages are the same as :class:`Bop2ndOrder`'s; the flip test
+    divides each by its own rate, taken at this step (after its schedule)::
 
-        w <- -w  if  w * m_hat / (sqrt(v_hat) + 1e-10) > threshold  else  w
+        w <- -w  if  w * (m / gamma) / (sqrt(v / sigma) + 1e-10) > threshold  else  w
 
-    With a scheduled rate the correction is ``1 - prod(1 - rate_i)`` over the
-    tensor's steps (the total weight the moving average has given to gradients),
-    which is the formula above when the rate is constant. Arguments as for
-    :class:`Bop2ndOrder`.
+    This is not Adam's bias correction, which divides by ``1 - (1 - rate)^t``: the
+    two agree only on the first step, where ``m / gamma = g`` and ``v / sigma = g**2``.
+    Later ``m / gamma`` keeps growing (about ``t * g`` while ``t << 1 / gamma``).
+    At constant rates the test is :class:`Bop2ndOrder`'s with its threshold
+    multiplied by ``gamma / sqrt(sigma)``, apart from where the 1e-10 is added.
+    Arguments as for :class:`Bop2ndOrder`.
     """
 
-    def _init_state(self, p: Tensor, state: dict) -> None:
-        super()._init_state(p, state)
-        # log(prod(1 - rate)) over this tensor's steps, in float64: with gamma 1e-7
-        # (1 - gamma)^t is too close to 1 for float32, and products of floats drift.
-        state["log_m_decay"] = 0.0
-        state["log_v_decay"] = 0.0
-
     def _update(self, group, params, grads, states, flips, threshold, gamma, foreach) -> None:
-        sigma = as_schedule(group["sigma"])(group["step"])
-        m_corrections, v_corrections = [], []
-        for state in states:
-            state["log_m_decay"] += math.log1p(-gamma) if gamma < 1.0 else -math.inf
-            state["log_v_decay"] += math.log1p(-sigma) if sigma < 1.0 else -math.inf
-            m_corrections.append(-math.expm1(state["log_m_decay"]))
-            v_corrections.append(-math.expm1(state["log_v_decay"]))
         bop2_unbiased(
             params,
             grads,
             [s["m"] for s in states],
             [s["v"] for s in states],
-            m_corrections,
-            v_corrections,
             flips,
             threshold=threshold,
             gamma=gamma,
-            sigma=sigma,
+            sigma=as_schedule(group["sigma"])(group["step"]),
             foreach=foreach,
         )
 
