@@ -606,10 +606,22 @@ def _print_outcome(outcome, spec: Path, overrides: list[str], out=None) -> None:
                 f"[red]trial {trial.index:03d} failed[/]: {line[:300]}{where}", highlight=False
             )
     if outcome.interrupted:
-        again = " ".join(["bopsweep run", str(spec), *(f"--set {s}" for s in overrides)])
+        again = _command_again(spec, overrides)
         out.print(
             f"interrupted: resume with `{again}` (or add --restart to start over)", highlight=False
         )
+
+
+def _command_again(spec: Path, overrides: list[str]) -> str:
+    """The command the user typed, to resume with: every option of it (--address,
+    --tracking-uri, --storage...) decides which sweep a rerun continues. Without
+    --restart, which would start over instead."""
+    import shlex
+
+    args = sys.argv[1:]
+    if args[:1] == ["run"]:
+        return shlex.join(["bopsweep", *(a for a in args if a != "--restart")])
+    return shlex.join(["bopsweep", "run", str(spec), *(f"--set={s}" for s in overrides)])
 
 
 @app.command()

@@ -505,7 +505,7 @@ def _first_error(error: ValidationError) -> str:
 # own seed decides its initial weights and batch order. Everything else must match.
 MEMBER_HPARAMS: frozenset[str] = frozenset(
     f"{rate}{suffix}"
-    for rate in ("threshold", "gamma", "lr")
+    for rate in ("threshold", "gamma", "lr", "sigma")
     for suffix in ("", "_schedule", "_end", "_decay_factor", "_decay_epochs", "_decay_steps")
 ) & set(HParams.model_fields) | {"sigma", "weight_decay"}
 # The binary optimizers a fused group can train (bopsweep.bnn.fused.FusedBop and the

@@ -67,7 +67,8 @@ def build_optimizer(
     if hp.optimizer == "bop":
         bop = Bop(binary, threshold, gamma)
     else:
-        bop = PLAIN_BOPS[hp.optimizer](binary, threshold, gamma, hp.sigma)
+        sigma = hp.schedule("sigma", steps_per_epoch)
+        bop = PLAIN_BOPS[hp.optimizer](binary, threshold, gamma, sigma)
     return CaseOptimizer(model, bop, fp, lr_schedule=lr_schedule)
 
 
@@ -100,6 +101,6 @@ def _fused_optimizer(model, hparams: list[HParams], steps_per_epoch: int) -> Fus
         return FusedCaseOptimizer(model, latent, fp, clip_binary=True, lr_schedules=lr_schedules)
     thresholds = [hp.schedule("threshold", steps_per_epoch) for hp in hparams]
     gammas = [hp.schedule("gamma", steps_per_epoch) for hp in hparams]
-    sigmas = [hp.sigma for hp in hparams] if kind == "bop2" else None
+    sigmas = [hp.schedule("sigma", steps_per_epoch) for hp in hparams] if kind == "bop2" else None
     bop = FusedBop(binary, members, thresholds, gammas, sigmas)
     return FusedCaseOptimizer(model, bop, fp, lr_schedules=lr_schedules)

@@ -167,7 +167,7 @@ def test_train_mlp_on_digits_writes_its_outputs(runs):
 
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 1
-    assert len(checkpoint["history"]) == 1
+    assert len(checkpoint["histories"][0]) == 1
     weights = checkpoint["model"]["dense2.weight"]
     assert torch.all(weights.abs() == 1.0)
 

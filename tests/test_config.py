@@ -394,11 +394,6 @@ def test_a_sigma_schedule():
         resolve_hparams("binarynet", "bop2", {"sigma_end": "2"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bopsweep.train.build_optimizer passes the constant hp.sigma, not "
-    "hp.schedule('sigma', steps_per_epoch)",
-)
 def test_training_follows_the_sigma_schedule():
     from torch import nn
 

@@ -241,6 +241,8 @@ def test_ctrl_c_marks_runs_killed_and_says_how_to_resume(mlflow_server, workdir)
     output, _ = driver.communicate(timeout=180)
     assert driver.returncode == 130, output[-3000:]
     assert "resume with `bopsweep run" in output
+    # The whole command as typed: without --tracking-uri it would resume another sweep.
+    assert f"--tracking-uri {mlflow_server.uri}`" in output
     parents, children = sweep_runs(client, experiment)
     assert parents[0].info.status == "KILLED"
     assert children and all(c.info.status == "KILLED" for c in children)

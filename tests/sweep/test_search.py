@@ -34,10 +34,12 @@ def test_proposals_are_trials_like_a_grid_s(tmp_path):
     searcher = build_searcher(loaded.spec, str(loaded.path))
     configs = []
     for n in range(6):
-        config = searcher.suggest(f"id{n}")
-        configs.append(config["trial"])
+        group = searcher.suggest(f"id{n}")["trial"]
+        # A proposal is a Ray trial holding a group of one member, as a grid's.
+        assert len(group["members"]) == 1 and group["dir"] == f"trial_{n:03d}"
+        configs.append(group["members"][0])
         searcher.on_trial_complete(f"id{n}", {"val_accuracy": 0.5 + n / 100})
-    grid_like = trial_config(expand(loaded)[0])
+    grid_like = trial_config(expand(loaded)[0])["members"][0]
     for index, trial in enumerate(configs):
         assert set(trial) == set(grid_like)
         assert trial["index"] == index
@@ -69,5 +71,8 @@ def test_the_trial_numbering_survives_a_restore(tmp_path):
 
 def test_same_search_seed_same_proposals(tmp_path):
     loaded = _loaded(tmp_path)
-    first = [build_searcher(loaded.spec, "x").suggest("a")["trial"]["swept"] for _ in range(2)]
+    first = [
+        build_searcher(loaded.spec, "x").suggest("a")["trial"]["members"][0]["swept"]
+        for _ in range(2)
+    ]
     assert first[0] == first[1]

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from bopsweep.sweep import mlflow_client, tracking
+from bopsweep.sweep.contract import SweepContext
 from tests.e2e.conftest import free_port
 
 
@@ -147,9 +148,8 @@ def test_a_run_gets_summary_metrics_its_dataset_and_system_metrics(shared_store)
 
     exp_id, parent = _parent(store)
     data = make_synthetic((1, 4, 4), n_train=32, n_val=8)
-    options = tracking.trial_options(
-        {"metric": "loss", "mode": "min", "system_metrics_s": 0.2}, "synthetic", "data", data
-    )
+    sweep = SweepContext(store, exp_id, parent, metric="loss", mode="min", system_metrics_s=0.2)
+    options = tracking.trial_options(sweep, "synthetic", "data", data)
     tracker = tracking.TrialTracker(store, exp_id, parent, 0, "t0", **options)
     values = [0.3, 0.1, 0.2]
     for step, accuracy in enumerate(values):
