@@ -279,20 +279,22 @@ class Trainer:
         )
 
     def _forward(self, x: torch.Tensor, shared: bool = True) -> torch.Tensor:
-        """Each member's logits, ``[K, B, classes]``, in float32 whatever the precision
-        of the forward (the loss and the accuracy are computed in float32)."""
+        """Each member's logits, ``[K, B, classes]`` (one member: ``[B, classes]``, the
+        plain model's, which every per-member sum below broadcasts), in float32 whatever
+        the precision of the forward (the loss and the accuracy are computed in float32)."""
         with self._autocast():
             if self.members > 1:
                 # The fused model lays out its members' batches itself.
                 return self.model(x, shared=shared).float()
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return self.model(x).float().unsqueeze(0)
+            return self.model(x).float()
 
     def _losses(self, logits: torch.Tensor, y: torch.Tensor, total: bool = False) -> torch.Tensor:
-        """Each member's mean cross-entropy over the batch, ``[K]`` (its sum: ``total``)."""
+        """Each member's mean cross-entropy over the batch, ``[K]`` (its sum: ``total``);
+        one member's is a scalar."""
         if self.members == 1:
-            return F.cross_entropy(logits[0], y, reduction="sum" if total else "mean")[None]
+            return F.cross_entropy(logits, y, reduction="sum" if total else "mean")
         losses = member_cross_entropy(logits, y)
         return losses.double() * y.shape[-1] if total else losses
 
@@ -314,8 +316,10 @@ class Trainer:
         self.model.train()
         members, device = self.members, self.device
         loss_sum = torch.zeros(members, device=device, dtype=torch.float64)
-        correct = torch.zeros(2, members, device=device, dtype=torch.int64)
+        top1, top5 = (torch.zeros(members, device=device, dtype=torch.int64) for _ in "15")
         seen = 0
+        # Each member's loss gets gradient 1 (as the sum's), with no extra op per step.
+        ones = torch.ones(members, device=device) if members > 1 else None
         # Stopped members leave the sum: no gradient reaches them (a NaN loss times
         # zero would still be NaN, hence where, not a product).
         mask = None
@@ -326,20 +330,20 @@ class Trainer:
             logits = self._forward(x, shared)
             losses = self._losses(logits, y)
             self.optimizer.zero_grad()
-            (losses if mask is None else torch.where(mask, losses, 0.0)).sum().backward()
+            (losses if mask is None else torch.where(mask, losses, 0.0)).backward(ones)
             self.optimizer.step()
             batch = y.shape[-1]
             loss_sum += losses.detach() * batch
-            correct[0] += (logits.argmax(-1) == y).sum(-1)
+            top1 += (logits.argmax(-1) == y).sum(-1)
             if self.top5:
-                correct[1] += topk_correct(logits.detach(), y, TOP5)
+                top5 += topk_correct(logits.detach(), y, TOP5)
             seen += batch
             for cb in callbacks:
                 cb.on_batch_end(self, step)
         for kept in self._kept_buffers.values():
             for view, value in kept:
                 view.copy_(value)
-        return self._member_metrics("train", loss_sum, correct, seen)
+        return self._member_metrics("train", loss_sum, torch.stack([top1, top5]), seen)
 
     def _member_metrics(self, prefix: str, loss_sum, correct, seen: int) -> list[dict]:
         losses, (top1, top5) = loss_sum.tolist(), correct.tolist()
