@@ -83,6 +83,12 @@ def test_overrides_are_typed_and_reach_parameters(tmp_path):
     assert loaded.spec.resources.gpu == 0.25
     assert len(expand(loaded)) == 2 * 1 * 2
     assert parse_override("train.dataset=synthetic") == (["train", "dataset"], "synthetic")
+    # A new parameter: a whole one, or one field of it; a bare constant gets a field.
+    loaded = load_spec(path, ["parameters.hparams.lr.values=[0.1]", "parameters.seed=3"])
+    assert loaded.spec.parameters["hparams.lr"].values == [0.1]
+    assert loaded.spec.parameters["seed"].value == 3
+    loaded = load_spec(path, ["parameters.hparams.sigma={values: [0.1, 0.2]}"])
+    assert loaded.spec.parameters["hparams.sigma"].values == [0.1, 0.2]
     assert parse_override("a.b=1e-6") == (["a", "b"], 1e-6)
 
 
@@ -500,6 +506,11 @@ def test_nested_parameters_are_dotted_names_with_their_lines(tmp_path):
     )
     ray = ray.replace("      gamma:", "    gamma:")
     assert [t.swept for t in plan_of(tmp_path, ray)[1]] == [t.swept for t in trials]
+    # --set reaches a nested parameter by its dotted name.
+    loaded = load_spec(write(tmp_path, text), ["parameters.hparams.gamma.values=[0.01]"])
+    assert loaded.spec.parameters["hparams.gamma"].values == [0.01]
+    loaded = load_spec(write(tmp_path, ray), ["parameters.hparams.lr=0.03"])
+    assert loaded.spec.parameters["hparams.lr"].value == 0.03
     message = error_of(write(tmp_path, text.replace("gamma: {values", "gama: {values")))
     assert "spec.yaml:6: parameters.hparams.gama: unknown parameter 'hparams.gama'" in message
     message = error_of(write(tmp_path, text.replace("[1.0e-3, 1.0e-4]", "[1.0e-3, 2.0]")))

@@ -384,22 +384,54 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
+def _parameter_slot(params: dict[str, Any], parts: list[str]) -> tuple[dict, str, int] | None:
+    """Where the parameter named by the longest prefix of ``parts`` is written: the
+    mapping holding it (a nested block's, if it is nested), its key there, and how
+    many of ``parts`` its name took."""
+    for cut in range(len(parts), 0, -1):
+        name = ".".join(parts[:cut])
+        if name in params and nested_block(params[name]) is None:
+            return params, name, cut
+    for cut in range(1, len(parts)):
+        inner = nested_block(params.get(".".join(parts[:cut])))
+        found = _parameter_slot(inner, parts[cut:]) if inner is not None else None
+        if found is not None:
+            return found[0], found[1], cut + found[2]
+    return None
+
+
+def _override_parameter(params: dict[str, Any], rest: list[str], value: Any) -> None:
+    # Parameter names are dot paths themselves, and may be nested: the longest name
+    # the spec has; else a new one (all of rest for a whole parameter, else all but
+    # the field set).
+    slot = _parameter_slot(params, rest)
+    if slot is None:
+        whole = isinstance(value, dict) or len(rest) == 1
+        name = ".".join(rest if whole else rest[:-1])
+        if not whole:
+            params.setdefault(name, {})
+        slot = (params, name, len(rest) if whole else len(rest) - 1)
+    container, key, used = slot
+    fields = rest[used:]
+    if not fields:
+        container[key] = value
+        return
+    target = container[key]
+    if not isinstance(target, dict):  # a bare constant (Ray Tune's form)
+        target = container[key] = {"value": target}
+    for field_name in fields[:-1]:
+        target = target.setdefault(field_name, {})
+    target[fields[-1]] = value
+
+
 def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
     node: Any = raw
     i = 0
     while i < len(path) - 1:
         part = path[i]
         if part == "parameters" and isinstance(node.get(part), dict):
-            # Parameter names are dot paths themselves: match the longest one.
-            params = node[part]
-            rest = path[i + 1 :]
-            for cut in range(len(rest) - 1, 0, -1):
-                candidate = ".".join(rest[:cut])
-                if candidate in params or cut == len(rest) - 1:
-                    node = params.setdefault(candidate, {})
-                    i += 1 + cut
-                    break
-            continue
+            _override_parameter(node[part], path[i + 1 :], value)
+            return
         child = node.get(part) if isinstance(node, dict) else None
         if child is None:
             child = node[part] = {}
