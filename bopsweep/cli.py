@@ -307,7 +307,7 @@ def plan(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     (`bopsweep schema` prints it).
     """
     from bopsweep.sweep.fusion import plan_groups
-    from bopsweep.sweep.spec import SCHEMA_FILE, expand, load_spec
+    from bopsweep.sweep.spec import SCHEMA_FILE, expand, load_spec, max_epochs, stopping_summary
 
     loaded = load_spec(spec, set_ or [])
     trials = expand(loaded)
@@ -317,6 +317,8 @@ def plan(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     alone_reason = {t.index: g.alone for g in groups for t in g.trials}
     total_epochs = sum(t.train.resolved_hparams().epochs for t in trials)
     stopping = s.stopping
+    # When trials may be stopped early: the epochs of W&B's cut points or ASHA's rungs.
+    early = stopping_summary(stopping, max_epochs(s, trials))
     if as_json:
         _print_json(
             {
@@ -343,6 +345,9 @@ def plan(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
                 ],
                 "metric": s.metric.model_dump(mode="json"),
                 "scheduler": stopping.model_dump(mode="json") if stopping else None,
+                "early_stopping": early,
+                # What was read differently from how it was written (W&B, Ray Tune).
+                "notes": list(loaded.notes),
                 "time_budget_s": s.time_budget_s,
                 "resources": s.resources.model_dump(mode="json"),
                 "max_concurrent_trials": s.max_concurrent_trials,
@@ -377,16 +382,13 @@ def plan(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
         f"spec sha256 {loaded.sha256[:12]}",
         highlight=False,
     )
-    ends = []
-    if stopping is not None and stopping.type != "fifo":
-        ends.append(
-            f"early stopping: {stopping.type}"
-            + (" (W&B's early_terminate: hyperband, run by ASHA)" if s.early_terminate else "")
-        )
+    ends = [early] if early else []
     if s.time_budget_s is not None:
         ends.append(f"time budget {s.time_budget_s:g} s")
     if ends:
         out.print("; ".join(ends), highlight=False)
+    for note in loaded.notes:
+        out.print(f"note: {note}", highlight=False)
     out.print(f"spec schema for editors: {SCHEMA_FILE} (`bopsweep schema`)", highlight=False)
 
 

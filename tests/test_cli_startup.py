@@ -223,7 +223,10 @@ def test_plan_of_a_bayes_search_shows_its_space(tmp_path):
     shown = " ".join(result.stdout.split())  # the title wraps
     assert "5 trials (5 configurations) proposed by Optuna" in shown
     assert "log_uniform_values [0.0001, 0.01]" in shown
-    assert "early stopping: asha (W&B's early_terminate: hyperband" in shown
+    assert (
+        "early stopping: W&B's hyperband (eta 3, strict): trials compared at epochs 2, 6, 18"
+        in shown
+    )
     assert "sweeps/schema.json" in shown
     assert heavy == []
 

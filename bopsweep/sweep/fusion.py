@@ -148,11 +148,13 @@ def unfused_reason(spec: SweepSpec) -> str | None:
         return None
     if spec.method not in ("grid", "random"):
         return f"method: {spec.method} proposes one trial at a time"
-    if stopping not in ("asha", "fifo"):
-        # ASHA's rungs work inside a group; HyperBand pauses and median stopping
-        # compare single trials.
-        return f"scheduler {stopping} pauses and compares single trials"
-    return None
+    # ASHA's rungs work inside a group; the other schedulers compare single trials.
+    single = {
+        "hyperband": "scheduler: hyperband pauses and compares single trials",
+        "median": "scheduler: median compares single trials",
+        "wandb_hyperband": "early_terminate (W&B's hyperband) compares single trials",
+    }
+    return single.get(stopping)
 
 
 def trial_reason(trial: Trial) -> str | None:

@@ -427,9 +427,41 @@ def register_best_model(outcome: SweepOutcome, name: str) -> str | None:
     uri = tags.get(f"{MODEL_TAG_PREFIX}best_model") or tags.get(f"{MODEL_TAG_PREFIX}final_model")
     if uri is None:
         return None
-    mlflow.set_tracking_uri(outcome.tracking_uri)
-    version = mlflow.register_model(uri, name, tags={"bopsweep.sweep": outcome.name})
+    with fluent_target(outcome.tracking_uri):
+        version = mlflow.register_model(uri, name, tags={"bopsweep.sweep": outcome.name})
     return str(version.version)
+
+
+@contextlib.contextmanager
+def fluent_target(uri: str, experiment_id: str | None = None):
+    """Aim MLflow's fluent API (``log_model``, ``register_model``) at ``uri`` and the
+    experiment ``experiment_id`` for the call, then put back what was there.
+
+    The fluent API writes to the process's tracking URI and active experiment, and
+    ``set_tracking_uri`` / ``set_experiment`` also export them to ``os.environ``: every
+    process started afterwards would inherit this sweep's store. A logged model
+    belongs to the active experiment (MLflow 3), not to its run's: without
+    ``experiment_id`` it would land in "Default"."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved_uri = getattr(tracking_utils, "_tracking_uri", None)
+    mlflow.set_tracking_uri(uri)
+    if experiment_id is not None:
+        # Read by the fluent API when no experiment was made active in-process.
+        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    try:
+        yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if hasattr(tracking_utils, "_tracking_uri"):
+            tracking_utils._tracking_uri = saved_uri
 
 
 def finish_parent(outcome: SweepOutcome) -> None:

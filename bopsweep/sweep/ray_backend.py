@@ -289,8 +289,8 @@ def max_epochs(spec: SweepSpec, trials: list[Trial]) -> int:
 
 
 def _scheduler(spec: SweepSpec, trials: list[Trial]):
-    """Ray Tune's scheduler for the spec's ``scheduler`` (or W&B's ``early_terminate``),
-    counting epochs (training iterations)."""
+    """Ray Tune's scheduler for the spec's ``scheduler``, or W&B's hyperband stopping
+    for its ``early_terminate``, counting epochs (training iterations)."""
     from ray.tune.schedulers import (
         ASHAScheduler,
         HyperBandScheduler,
@@ -300,6 +300,10 @@ def _scheduler(spec: SweepSpec, trials: list[Trial]):
     stopping = spec.stopping
     if stopping is None or stopping.type == "fifo":
         return None
+    if stopping.type == "wandb_hyperband":
+        from bopsweep.sweep.hyperband import WandbHyperBand
+
+        return WandbHyperBand(stopping.cut_points, stopping.eta, stopping.strict)
     max_t = stopping.max_t or max_epochs(spec, trials)
     if stopping.type == "asha":
         return ASHAScheduler(

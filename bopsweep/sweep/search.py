@@ -30,7 +30,10 @@ from bopsweep.sweep.spec import ParameterSpec, SweepSpec, make_trial, searched
 def optuna_distribution(param: ParameterSpec):
     """The Optuna distribution of a spec parameter (``values`` are a categorical
     choice). Optuna has no stepped log distribution: ``q_log_*`` values are drawn
-    on the log scale and rounded by :meth:`SpecTrials.suggest`."""
+    on the log scale and rounded as W&B rounds them by :meth:`SpecTrials.suggest`;
+    the inverse log-uniform draws the same values as the log-uniform between its
+    bounds. The spec refuses what Optuna cannot search (normal, grid_search,
+    probabilities)."""
     from optuna.distributions import (
         CategoricalDistribution,
         FloatDistribution,
@@ -42,7 +45,7 @@ def optuna_distribution(param: ParameterSpec):
     low, high = param.bounds
     if param.distribution == "int_uniform":
         return IntDistribution(int(low), int(high), step=int(param.step or 1))
-    if "log_uniform" in param.distribution:
+    if param.log_scale:
         return FloatDistribution(low, high, log=True)
     return FloatDistribution(low, high, step=param.step)
 
@@ -80,9 +83,9 @@ class SpecTrials(Searcher):
                 swept[key] = param.value
                 continue
             value = proposal[key]
-            if param.step is not None and param.distribution and "log" in param.distribution:
-                value = round(value / param.step) * param.step
-            swept[key] = value
+            # W&B's rounding (an integer q gives integers), which Optuna's steps lack
+            # on a log scale and its floats lack for an integer q.
+            swept[key] = param.quantize(value) if param.distribution else value
         if self.spec.seeds:
             swept["seed"] = self.spec.seeds[repeat or 0]
         trial = make_trial(self.spec, self.next_index, swept, self.where)

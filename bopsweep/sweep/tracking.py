@@ -35,6 +35,7 @@ from bopsweep.sweep.mlflow_client import (
     ROLE_TAG,
     TRIAL_KEY_TAG,
     client,
+    fluent_target,
     forwarded_names,
     is_auth_error,
     log_params,
@@ -409,7 +410,9 @@ class TrialTracker:
         batch of inputs); registered as ``registered_name`` when given."""
 
         def job() -> None:
-            info = log_pytorch_model(self.uri, self.run_id, model, name, example, registered_name)
+            info = log_pytorch_model(
+                self.uri, self.run_id, model, name, example, registered_name, self.exp_id
+            )
             with self._state:  # where the driver finds it to register the best trial's
                 self.pending_tags[f"{MODEL_TAG_PREFIX}{name}"] = info.model_uri
 
@@ -492,11 +495,16 @@ def finish_all(trackers: Iterable[TrialTracker], status: str) -> list[TrialTrack
 
 # ---------------------------------------------------------------- run contents
 def log_pytorch_model(
-    uri: str, run_id: str, model, name: str, example, registered_name: str | None = None
+    uri: str,
+    run_id: str,
+    model,
+    name: str,
+    example,
+    registered_name: str | None = None,
+    experiment_id: str | None = None,
 ):
     """``model`` as an MLflow model of the run: signature and input example from a
     few rows of ``example``, requirements given (not inferred)."""
-    import mlflow
     import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
@@ -508,19 +516,19 @@ def log_pytorch_model(
         device = param.device if param is not None else torch.device("cpu")
         output = model(rows.to(device)).float().cpu()
     signature = infer_signature(rows.numpy(), output.numpy())
-    mlflow.set_tracking_uri(uri)
-    return mlflow.pytorch.log_model(
-        model,
-        name=name,
-        run_id=run_id,  # no active run: the run's status stays the tracker's
-        signature=signature,
-        input_example=rows.numpy(),
-        pip_requirements=model_requirements(),
-        registered_model_name=registered_name,
-        # torch.export (MLflow's default) cannot trace binarized layers' custom
-        # autograd functions; a pickled module loads wherever bopsweep is installed.
-        serialization_format="pickle",
-    )
+    with fluent_target(uri, experiment_id):
+        return mlflow.pytorch.log_model(
+            model,
+            name=name,
+            run_id=run_id,  # no active run: the run's status stays the tracker's
+            signature=signature,
+            input_example=rows.numpy(),
+            pip_requirements=model_requirements(),
+            registered_model_name=registered_name,
+            # torch.export (MLflow's default) cannot trace binarized layers' custom
+            # autograd functions; a pickled module loads wherever bopsweep is installed.
+            serialization_format="pickle",
+        )
 
 
 def model_requirements() -> list[str]:

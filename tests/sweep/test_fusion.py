@@ -96,8 +96,9 @@ def test_only_trials_that_differ_in_member_values_share_a_group(tmp_path):
     ("overrides", "reason"),
     [
         # HyperBand pauses trials, median stopping compares them.
-        (["scheduler={type: hyperband}"], "scheduler hyperband pauses and compares"),
-        (["scheduler={type: median}"], "scheduler median pauses and compares"),
+        (["scheduler={type: hyperband}"], "scheduler: hyperband pauses and compares"),
+        (["scheduler={type: median}"], "scheduler: median compares single trials"),
+        (["early_terminate={type: hyperband, min_iter: 1}"], "W&B's hyperband) compares"),
         (["train.hparams.optimizer=bop2_unbiased", "fuse=9"], "bop2_unbiased has no fused"),
         (["train.compile=true", "fuse=9"], "compile: true compiles one model per trial"),
     ],

@@ -45,6 +45,7 @@ def test_the_stopper_ends_the_sweep_at_the_metric_s_target():
 def test_schedulers_by_the_names_users_type(tmp_path):
     from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler, MedianStoppingRule
 
+    from bopsweep.sweep.hyperband import WandbHyperBand
     from bopsweep.sweep.ray_backend import _scheduler
     from bopsweep.sweep.spec import expand, load_spec
 
@@ -53,7 +54,7 @@ def test_schedulers_by_the_names_users_type(tmp_path):
         "scheduler: {type: asha, grace_period: 2}": ASHAScheduler,
         "scheduler: {type: hyperband}": HyperBandScheduler,
         "scheduler: {type: median, grace_period: 2}": MedianStoppingRule,
-        "early_terminate: {type: hyperband, min_iter: 1}": ASHAScheduler,
+        "early_terminate: {type: hyperband, min_iter: 1}": WandbHyperBand,
     }
     for line, kind in expected.items():
         path = tmp_path / "spec.yaml"

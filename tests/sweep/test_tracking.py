@@ -3,6 +3,7 @@ and an unreachable server never stops training."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -199,9 +200,17 @@ def test_final_and_best_models_are_mlflow_models(shared_store, tmp_path, monkeyp
     x, _ = next(iter(trainer.batches.val()))
     for name in ("final_model", "best_model"):
         uri = run.data.tags[f"bopsweep.model.{name}"]
-        model = mlflow.pytorch.load_model(uri)
-        info = mlflow.models.get_model_info(uri)
+        with mlflow_client.fluent_target(store):  # where models:/ URIs resolve
+            model = mlflow.pytorch.load_model(uri)
+            info = mlflow.models.get_model_info(uri)
         assert info.signature is not None and info.saved_input_example_info is not None
         with torch.no_grad():
             assert model(x).shape == (len(x), 10)
+        # MLflow 3's logged models belong to an experiment: the sweep's, where its
+        # Models tab lists them (not "Default").
+        logged = mlflow_client.client(store).get_logged_model(uri.rpartition("/")[2])
+        assert logged.experiment_id == exp_id
     assert tracker.job_errors == []
+    # Nothing of the sweep's store is left for processes started later to inherit.
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ
