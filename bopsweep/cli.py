@@ -501,6 +501,14 @@ def run(
             "<results>/logs/driver.log).",
         ),
     ] = False,
+    tracking_wait: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a rerun waits for a tracking server that does not answer, when "
+            "the sweep already has its parent run there (a new sweep is refused at once).",
+            min=0,
+        ),
+    ] = 300.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a sweep with Ray Tune, every trial tracked in MLflow.
@@ -529,6 +537,7 @@ def run(
         storage=storage,
         restart=restart,
         verbose=verbose,
+        tracking_wait_s=tracking_wait,
     )
     # Redrawn when the sweep's model changes, at most twice a second: the driver's
     # CPU time is taken from the trials running beside it.

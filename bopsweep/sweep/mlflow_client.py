@@ -224,9 +224,13 @@ def check_connection(uri: str) -> None:
                 f"MLflow at {uri} refused the credentials: set MLFLOW_TRACKING_USERNAME and "
                 "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
             ) from None
-        raise UserError(
+        raise TrackingUnreachable(
             f"cannot reach the MLflow tracking server at {uri}: {str(error)[:300]}"
         ) from None
+
+
+class TrackingUnreachable(UserError):
+    """The tracking server did not answer (as opposed to refusing the credentials)."""
 
 
 def check_local_store(uri: str, *, must_exist: bool) -> None:

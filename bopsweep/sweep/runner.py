@@ -18,6 +18,7 @@ the results folder in :mod:`~bopsweep.sweep.state`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -56,6 +57,9 @@ class RunOptions:
     storage: str | None = None
     restart: bool = False
     verbose: bool = False
+    # How long a rerun waits for a tracking server that does not answer, when the
+    # sweep already has its parent run there.
+    tracking_wait_s: float = 300.0
 
 
 def _process_start() -> float:
@@ -113,7 +117,9 @@ class SweepPlan:
 
 
 # ------------------------------------------------------------------ 1. preflight
-def preflight(loaded: LoadedSpec, options: RunOptions) -> SweepPlan:
+def preflight(
+    loaded: LoadedSpec, options: RunOptions, say: Callable[[str], None] = lambda text: None
+) -> SweepPlan:
     """Check what can be checked before Ray starts; see the module docstring."""
     from bopsweep.data import check_available
 
@@ -138,7 +144,7 @@ def preflight(loaded: LoadedSpec, options: RunOptions) -> SweepPlan:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        mlflow_client.check_connection(uri)
+        _reach_server(uri, folder, options.tracking_wait_s, say)
     resume = decide_resume(
         folder,
         loaded.sha256,
@@ -148,6 +154,37 @@ def preflight(loaded: LoadedSpec, options: RunOptions) -> SweepPlan:
     )
     groups = plan_groups(spec, trials)
     return SweepPlan(loaded, trials, uri, folder, address, resume, groups)
+
+
+def _reach_server(uri: str, folder: SweepFolder, wait_s: float, say) -> None:
+    """Refuse an unreachable server up front, except for a rerun of a sweep that
+    already has its parent run there (a server restarting, a network blip): that
+    waits up to ``wait_s`` seconds for it, saying so."""
+    try:
+        mlflow_client.check_connection(uri)
+        return
+    except mlflow_client.TrackingUnreachable as error:
+        state = folder.read_state()
+        if wait_s <= 0 or state is None or state.get("tracking_uri") != uri:
+            raise
+        unreachable = error
+    deadline = time.monotonic() + wait_s
+    while (left := deadline - time.monotonic()) > 0:
+        say(
+            f"the tracking server at {uri} does not answer; it holds this sweep's parent "
+            f"run: waiting for it ({left:.0f} s left, Ctrl-C to stop)"
+        )
+        time.sleep(min(5.0, left))
+        try:
+            mlflow_client.check_connection(uri)
+            say(f"the tracking server at {uri} answers again")
+            return
+        except mlflow_client.TrackingUnreachable as error:
+            unreachable = error
+    raise UserError(
+        f"{unreachable} (waited {wait_s:g} s; run the same command again once it is up, "
+        "or raise --tracking-wait)"
+    )
 
 
 def _check_local_resources(spec, trials: list[Trial]) -> None:
@@ -373,6 +410,19 @@ def settle(
         reported = {i: int(r["epoch"]) + 1 for i, r in last_results.items() if "epoch" in r}
         short = short_trials(outcome, reported)
         if short:
+            # Epochs that earlier attempts could not send (a server that was down, a
+            # worker killed with epochs queued) are sent now from the trials' results,
+            # as `bopsweep sync` would: running the command again ends complete
+            # whenever the server answers.
+            from bopsweep.sweep.sync import upload_missing
+
+            with contextlib.suppress(UserError):  # the server went away meanwhile
+                if upload_missing(plan.folder, outcome, {t.index for t in short}):
+                    mlflow_client.settle_runs(
+                        outcome, wanted, {**errors, **user_errors}, metrics, stopped_early
+                    )
+                    short = short_trials(outcome, reported)
+        if short:
             # The trials could not log (credentials refused where they ran, a server
             # their nodes cannot reach...), though this process can.
             outcome.tracking_error = (
@@ -462,7 +512,7 @@ def run_sweep(
     options = options or RunOptions()
     say = on_step or (lambda text: None)
     timeline = Timeline.start()
-    plan = preflight(loaded, options)
+    plan = preflight(loaded, options, say)
     timeline.mark("preflight")
     where = f"the Ray cluster at {plan.address}" if plan.address else "a local Ray instance"
     resumed = " (resuming)" if plan.resume.resuming else ""

@@ -92,6 +92,49 @@ def _epoch_metrics(row: dict) -> dict[str, float]:
     }
 
 
+def _send_rows(outcome: SweepOutcome, trial_cfg, rows: list[dict]):
+    """Send the epochs of ``rows`` that the trial's run lacks; returns the trial, its
+    hparams and how many epochs were sent."""
+    uri = outcome.tracking_uri
+    train = TrainConfig.model_validate(dict(trial_cfg.train))
+    trial = Trial(trial_cfg.index, dict(trial_cfg.swept), train)
+    hparams = train.resolved_hparams()
+    tracker = TrialTracker(
+        uri,
+        outcome.experiment_id,
+        outcome.parent_run_id,
+        trial.index,
+        trial.name,
+        tags={f"swept.{k}": str(v) for k, v in trial.swept.items()},
+        params=mlflow_client.flatten({**train.model_dump(), "hparams": hparams.model_dump()}),
+        summary=summary_modes(outcome.metric, outcome.mode),
+        fill=True,
+    )
+    sent = 0
+    for row in sorted(rows, key=lambda r: r["epoch"]):
+        if row["epoch"] <= tracker.last_step:
+            continue
+        tracker.log_epoch(_epoch_metrics(row), step=int(row["epoch"]))
+        sent += 1
+    drained = tracker.flush(timeout_s=60)
+    tracker.close()
+    if not drained:
+        raise UserError(f"the tracking server at {uri} stopped answering during the sync")
+    return trial, hparams, sent
+
+
+def upload_missing(folder: SweepFolder, outcome: SweepOutcome, indices: set[int]) -> int:
+    """Send what the trials ``indices`` reported to Ray but their runs lack (epochs
+    that earlier attempts could not send), from the sweep's local results; returns
+    how many epochs were sent. The end of ``bopsweep run`` calls it whenever the
+    server answers, so that running the command again always ends complete."""
+    sent = 0
+    for trial_cfg, rows, _, _ in _trial_results(folder):
+        if rows and trial_cfg.index in indices:
+            sent += _send_rows(outcome, trial_cfg, rows)[2]
+    return sent
+
+
 def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> SyncReport:
     folder = SweepFolder(storage, name)
     state = folder.read_state()
@@ -118,38 +161,20 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
     for trial_cfg, rows, error, own_status in _trial_results(folder):
         if not rows:
             continue
-        train = TrainConfig.model_validate(dict(trial_cfg.train))
-        trial = Trial(trial_cfg.index, dict(trial_cfg.swept), train)
-        hparams = train.resolved_hparams()
+        trial, hparams, count = _send_rows(outcome, trial_cfg, rows)
+        sent += count
         outcome.trials.append(
             TrialOutcome(trial.index, dict(trial.swept), epochs_total=hparams.epochs)
         )
-        tracker = TrialTracker(
-            uri,
-            outcome.experiment_id,
-            outcome.parent_run_id,
-            trial.index,
-            trial.name,
-            tags={f"swept.{k}": str(v) for k, v in trial.swept.items()},
-            params=mlflow_client.flatten({**train.model_dump(), "hparams": hparams.model_dump()}),
-            summary=summary_modes(spec.metric.name, spec.metric.mode),
-        )
-        for row in sorted(rows, key=lambda r: r["epoch"]):
-            if row["epoch"] <= tracker.last_step:
-                continue
-            tracker.log_epoch(_epoch_metrics(row), step=int(row["epoch"]))
-            sent += 1
-        drained = tracker.flush(timeout_s=60)
-        tracker.close()
-        if not drained:
-            raise UserError(f"the tracking server at {uri} stopped answering during the sync")
-        if error:
-            wanted[trial.index] = "FAILED"
-            errors[trial.index] = error
-        elif own_status:
+        if own_status:
             wanted[trial.index] = own_status  # a member that failed or stopped early
         elif max(r["epoch"] for r in rows) + 1 >= hparams.epochs:
+            # Complete, whatever an earlier attempt's error.txt says (a worker that
+            # died and was retried).
             wanted[trial.index] = "FINISHED"
+        elif error:
+            wanted[trial.index] = "FAILED"
+            errors[trial.index] = error
         else:
             wanted[trial.index] = "KILLED"
     from bopsweep.sweep.report import HISTORY_METRICS, render

@@ -107,8 +107,12 @@ class TrialTracker:
         summary: Mapping[str, str] | None = None,
         dataset: Callable[[], Any] | None = None,
         system_metrics_s: float | None = None,
+        fill: bool = False,
     ) -> None:
         self.uri = uri
+        # Sync: send the epochs an existing run lacks even when it has ended, leaving
+        # its status to the caller.
+        self.fill = fill
         self.exp_id = exp_id
         self.parent_run_id = parent_run_id
         self.trial_key = trial_key(parent_run_id, trial_index)
@@ -189,7 +193,7 @@ class TrialTracker:
         existing = self.client.search_runs(
             [self.exp_id], f"tags.`{TRIAL_KEY_TAG}` = '{self.trial_key}'", max_results=1
         )
-        if existing and existing[0].info.status == "FINISHED":
+        if existing and existing[0].info.status == "FINISHED" and not self.fill:
             # The trial ended before the driver died but after Ray Tune's last
             # snapshot of the sweep, so Ray runs it again (from an earlier checkpoint,
             # or none): its run is complete and stays exactly as it is.
@@ -201,7 +205,8 @@ class TrialTracker:
             return
         if existing:
             run = existing[0]
-            self.client.update_run(run.info.run_id, status="RUNNING")
+            if not self.fill:
+                self.client.update_run(run.info.run_id, status="RUNNING")
             history = self.client.get_metric_history(run.info.run_id, "epoch")
             self.last_step = max((int(m.step) for m in history), default=-1)
             self.resumed = True

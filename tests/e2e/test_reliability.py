@@ -319,6 +319,38 @@ def test_server_that_never_returns_is_filled_by_sync(workdir, tmp_path):
         server.stop()
 
 
+def test_a_rerun_waits_for_the_server_and_ends_complete(workdir, tmp_path):
+    """A sweep whose server went away ends with epochs left behind; the same command,
+    run while the server is still down, waits for it (the sweep's parent run is
+    there) and, once it answers, sends what the first run could not: complete
+    without `bopsweep sync`."""
+    server = start_mlflow_server(tmp_path / "restarting")
+    experiment = "e2e-rerun-waits"
+    client = MlflowClient(server.uri)
+    env = {"BOPSWEEP_TRACKING_DRAIN_S": "3"}
+    try:
+        driver = _two_trials_logging_to(server, experiment, workdir, env=env, fuse="2")
+        server.stop()
+        output, _ = driver.communicate(timeout=400)
+        assert driver.returncode == 1, output[-3000:]
+        rerun = start_run(driver.args[2:], workdir, env=env)
+        time.sleep(6)  # the rerun finds no server, and waits
+        server.start()
+        output, _ = rerun.communicate(timeout=400)
+        assert rerun.returncode == 0, output[-3000:]
+        assert "does not answer" in output and "waiting for it" in output
+        assert "answers again" in output
+        assert "bopsweep sync" not in output
+        parents, children = sweep_runs(client, experiment)
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert len(children) == 2
+        for child in children:
+            assert child.info.status == "FINISHED"
+            assert_each_step_once(client, child.info.run_id, 40)
+    finally:
+        server.stop()
+
+
 def test_many_trials_log_concurrently_without_loss(mlflow_server, workdir):
     experiment = "e2e-load"
     result = bopsweep(

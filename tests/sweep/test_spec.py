@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bopsweep.errors import UserError
-from bopsweep.sweep.spec import count_trials, expand, load_spec, parse_override
+from bopsweep.sweep.spec import SweepSpec, count_trials, expand, load_spec, parse_override
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -734,3 +734,12 @@ def test_cut_points_are_w_and_b_s(early_terminate, cut_points):
 
     spec = EarlyTerminateSpec(type="hyperband", **early_terminate)
     assert spec.cut_points[: len(cut_points)] == cut_points
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_a_spec_reads_back_from_its_saved_state(path):
+    """A sweep's state (resume, `bopsweep sync`) keeps the spec as its JSON dump, every
+    field written, unset ones as null: it must read back as the same spec."""
+    spec = load_spec(path).spec
+    saved = spec.model_dump(mode="json")
+    assert SweepSpec.model_validate(saved).model_dump(mode="json") == saved

@@ -241,6 +241,11 @@ def read_parameter(raw: Any) -> tuple[Any, str]:
         )
     if not isinstance(raw, dict):
         return {"value": raw}, ""  # a bare constant, as Ray Tune's param_space takes
+    # A spec read back from its dump (the sweep's saved state) writes every field,
+    # the unset ones as null: those were not given. `value: null` alone fixes None.
+    raw = {k: v for k, v in raw.items() if v is not None} or (
+        {"value": None} if "value" in raw else {}
+    )
     if "parameters" in raw:
         raise ValueError("parameters nests other parameters: give nothing beside it (as W&B)")
     ray = [k for k in raw if k in RAY_FORMS]
