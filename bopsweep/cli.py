@@ -162,7 +162,10 @@ def _resume_state(output_dir: Path, resolved: dict) -> dict:
                 f"--resume: the run in {output_dir} was started with other settings "
                 f"({', '.join(changed)}); use another --output-dir or drop --resume"
             )
-    return torch.load(checkpoint, weights_only=True)
+    # Onto the CPU whatever device wrote it: a checkpoint of a GPU run then resumes on a
+    # machine without one (or on another GPU), and the RNG states must be CPU tensors
+    # anyway; the trainer copies weights and optimizer state onto its own device.
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)
 
 
 def _save_checkpoint(state: dict, output_dir: Path) -> None:

@@ -8,6 +8,17 @@ float32. So ``auto`` needs to know what the hardware does, and this module is th
 place that asks it: the Trainer resolves its precision here and the bench decides
 here whether bf16 is worth measuring.
 
+There is no float16 precision. GPUs before compute capability 8.0 (V100, T4) have
+float16 tensor cores but no bf16 (and no TF32): runs there use fp32. float16's narrow
+exponent range needs loss scaling, and Bop reads gradient magnitudes: its moving
+average is compared with a threshold, so the gradients must be unscaled before Bop
+steps, and a step whose gradients overflowed skipped for both optimizers of the
+:class:`~bopsweep.bnn.optim.CaseOptimizer`, which ``torch.amp.GradScaler.step`` does
+not accept (it steps one ``torch.optim.Optimizer``). An fp16 precision needs that in
+the training loop (``scaler.scale(loss).backward()``, ``scaler.unscale_`` of each
+optimizer, a skipped step on inf/NaN, ``scaler.update()``) and its scaler's state in
+checkpoints; until then those GPUs train in float32.
+
 The probe can be overridden with the environment variable ``BOPSWEEP_NATIVE_BF16``:
 ``0`` makes every device "not native" (what an AVX2-only machine sees), ``1`` makes
 every device native; unset or empty, the hardware is probed.

@@ -51,6 +51,7 @@ from bopsweep.bnn.models import build_model
 from bopsweep.bnn.optim import Bop
 from bopsweep.config import FUSABLE_OPTIMIZERS, MEMBER_HPARAMS, HParams, TrainConfig, fusion_key
 from bopsweep.data import Dataset, load_dataset
+from bopsweep.device import enable_tf32
 from bopsweep.errors import TrainingDiverged, UserError
 from bopsweep.optimizers import build_optimizer
 from bopsweep.precision import resolve_precision
@@ -157,6 +158,9 @@ class Trainer:
         if self.device.type == "cuda":
             # Input shapes are fixed: let cuDNN time its algorithms once and keep the best.
             torch.backends.cudnn.benchmark = True
+            # Dense layers' float32 products on TF32 tensor cores, as cuDNN's convolutions
+            # already are; +-1 operands are exact in TF32 (bopsweep.device).
+            enable_tf32()
         if first.compile:
             # In place, so state dicts (checkpoints) keep the plain module's keys.
             self.model.compile()

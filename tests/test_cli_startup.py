@@ -283,7 +283,7 @@ def test_shell_completion_completes_commands_and_options(tmp_path):
     assert result.stdout.split() == ["plan"], result.stderr
     result = subprocess.run(
         [str(script)],
-        env={**env, "COMP_WORDS": "bopsweep run --tracking", "COMP_CWORD": "2"},
+        env={**env, "COMP_WORDS": "bopsweep run --tracking-u", "COMP_CWORD": "2"},
         capture_output=True,
         text=True,
         timeout=120,

@@ -175,6 +175,62 @@ def test_train_order_follows_the_generator(tiny_imagenet):
     assert any(labels(3) != labels(seed) for seed in range(4, 12))
 
 
+def _patterned_training(tiny_imagenet: Path, workers: int) -> LoaderBatches:
+    """Batches whose training images are the random patterns of val/, so that two
+    random crops of an image differ."""
+    import copy
+
+    from bopsweep.data.imagenet import imagenet_transforms
+
+    data = load_dataset("imagenet2012", tiny_imagenet)
+    patterned = copy.copy(data.val)
+    patterned.transform = imagenet_transforms()[0]
+    return _batches(replace(data, train=patterned), batch_size=3, workers=workers)
+
+
+def _epoch(batches: LoaderBatches, generator: torch.Generator) -> torch.Tensor:
+    return torch.cat([x for x, _ in batches.train(generator)])
+
+
+def test_workers_are_kept_from_epoch_to_epoch(tiny_imagenet):
+    batches = _patterned_training(tiny_imagenet, workers=2)
+    generator = torch.Generator().manual_seed(0)
+    first = _epoch(batches, generator)
+    loader = batches._loader("train")
+    workers = [w.pid for w in loader._iterator._workers]
+    second = _epoch(batches, generator)
+    assert batches._loader("train") is loader
+    assert [w.pid for w in loader._iterator._workers] == workers
+    assert all(w.is_alive() for w in loader._iterator._workers)
+    assert not torch.equal(first, second)  # another order and other crops
+    list(batches.val())
+    list(batches.val())
+    assert batches._loader("val")._iterator is not None
+
+
+def test_augmentations_follow_the_seed_not_the_workers(tiny_imagenet):
+    """The same crops with 0 or 2 workers, and a run resumed at its second epoch (new
+    workers, the run's generator as checkpointed) draws the crops of one that went on."""
+    generator = torch.Generator().manual_seed(7)
+    kept = _patterned_training(tiny_imagenet, workers=2)
+    first, second = _epoch(kept, generator), _epoch(kept, generator)
+    in_process = _patterned_training(tiny_imagenet, workers=0)
+    again = torch.Generator().manual_seed(7)
+    assert torch.equal(_epoch(in_process, again), first)
+    resumed = _patterned_training(tiny_imagenet, workers=2)
+    assert torch.equal(_epoch(resumed, again), second)
+
+
+def test_reading_in_process_leaves_the_training_rng_alone(tiny_imagenet):
+    batches = _patterned_training(tiny_imagenet, workers=0)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _epoch(batches, torch.Generator().manual_seed(0))
+    list(batches.val())
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_val_is_resize_256_and_centre_crop_224(tiny_imagenet):
     batches = _batches(load_dataset("imagenet2012", tiny_imagenet), batch_size=3)
     out = list(batches.val())

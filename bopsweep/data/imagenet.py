@@ -313,18 +313,55 @@ def imagenet2012(data_dir: Path, download: bool) -> ImageFolderDataset:
 
 class _ShuffledBatches(torch.utils.data.Sampler):
     """The index batches of one epoch: a seeded permutation cut into ``steps`` batches
-    (the same rule as :class:`~bopsweep.data.batches.DeviceBatches`)."""
+    (the same rule as :class:`~bopsweep.data.batches.DeviceBatches`). Each index comes
+    with the epoch's seed, which :class:`_SeededSamples` turns into the sample's
+    augmentation seed; :attr:`seed` is set anew before each epoch, on the one sampler
+    of the run's one training loader."""
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int = 0) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
 
     def __len__(self) -> int:
         return steps_per_epoch(self.n, self.batch_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed))
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        seed = self.seed
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
         for step in range(len(self)):
-            yield order[step * self.batch_size : (step + 1) * self.batch_size].tolist()
+            batch = order[step * self.batch_size : (step + 1) * self.batch_size].tolist()
+            yield [(seed, index) for index in batch]
+
+
+def sample_seed(epoch_seed: int, index: int) -> int:
+    """The seed of one image's augmentation in one epoch (a 64-bit mix of the two, so
+    neighbouring images and epochs get unrelated streams)."""
+    mixed = (epoch_seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9) % 2**64
+    mixed ^= mixed >> 31
+    return mixed % 2**63
+
+
+class _SeededSamples(torch.utils.data.Dataset):
+    """``dataset[index]`` with torch's RNG seeded by :func:`sample_seed` for the call.
+
+    The augmentation of an image then depends on the run's seed, the epoch and the
+    image only: not on which worker decodes it, how many workers there are, or
+    whether they were started this epoch or kept from the last (the loader keeps
+    them), and a run resumed from a checkpoint draws the same crops as one that was
+    never interrupted. torchvision's random transforms and the original code's crops
+    draw from torch's global RNG; it is restored afterwards, which matters where the
+    images are read in the training process itself (``num_workers=0``)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch_seed, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(epoch_seed, index))
+            return self.dataset[index]
 
 
 class LoaderBatches(BatchesBase):
@@ -353,6 +390,8 @@ class LoaderBatches(BatchesBase):
         )
         workers = data.num_workers
         self.num_workers = max(1, torch.get_num_threads()) if workers is None else workers
+        self.sampler = _ShuffledBatches(self.num_train, self.batch_size)
+        self._loaders: dict[str, torch.utils.data.DataLoader] = {}
         shape = (1, 3, 1, 1)
         # Scaled to uint8 pixels, so one subtract and one divide normalise a batch.
         self.mean = torch.tensor(data.mean, device=self.device).mul(255).view(shape)
@@ -362,16 +401,36 @@ class LoaderBatches(BatchesBase):
     def num_train(self) -> int:
         return len(self.train_set)
 
-    def _loader(self, dataset, seed: int, **batching) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
+    def _loader(self, split: str) -> torch.utils.data.DataLoader:
+        """The split's one loader of the run, built at its first use.
+
+        Its workers are kept from one pass to the next (``persistent_workers``):
+        forking and starting them for every epoch's pass, and again for every
+        evaluation, costs seconds each time and leaves the device waiting for the
+        first batches. What differs between epochs (the order, the augmentations)
+        comes from the sampler's seed, not from new workers. Each kept loader holds
+        its ``num_workers`` processes, idle while another split is read, until the
+        trial's batches are released."""
+        loader = self._loaders.get(split)
+        if loader is not None:
+            return loader
+        if split == "train":
+            dataset, batching = _SeededSamples(self.train_set), {"batch_sampler": self.sampler}
+        else:
+            dataset = self.val_set if split == "val" else self.test_set
+            batching = {"batch_size": self.batch_size}
+        loader = torch.utils.data.DataLoader(
             dataset,
             num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
             pin_memory=self.device.type == "cuda",
-            # Seeds the workers' augmentation RNGs: a run is repeatable for a given
-            # seed and worker count.
-            generator=torch.Generator().manual_seed(seed),
+            # The workers' own seeds play no part (each image seeds its augmentation);
+            # a loader without a generator would draw them from this process's RNG.
+            generator=torch.Generator().manual_seed(0),
             **batching,
         )
+        self._loaders[split] = loader
+        return loader
 
     def _to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         x = x.to(self.device, non_blocking=True)
@@ -382,16 +441,18 @@ class LoaderBatches(BatchesBase):
         # One draw from the run's generator per epoch decides the order and the
         # augmentations, so a resumed run continues the same sequence.
         seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-        sampler = _ShuffledBatches(self.num_train, self.batch_size, seed)
-        for x, y in self._loader(self.train_set, seed, batch_sampler=sampler):
+        loader = self._loader("train")
+        # Read by the loader's iterator as the epoch starts (in this process).
+        self.sampler.seed = seed
+        for x, y in loader:
             yield self._to_device(x, y)
 
     def val(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y in self._loader(self.val_set, 0, batch_size=self.batch_size):
+        for x, y in self._loader("val"):
             yield self._to_device(x, y)
 
     def test(self) -> Iterator[tuple[Tensor, Tensor]]:
         if self.test_set is None:
             return
-        for x, y in self._loader(self.test_set, 0, batch_size=self.batch_size):
+        for x, y in self._loader("test"):
             yield self._to_device(x, y)

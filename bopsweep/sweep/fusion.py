@@ -7,10 +7,18 @@ can share one process and one model (:mod:`bopsweep.train`). The spec's
 * ``off``: one Ray trial per trial, as always;
 * ``N`` (an integer): groups of at most N members;
 * ``auto`` (the default): fuse where fusion was measured to pay on the device the
-  trials use, into as many groups as trials can run at once, so every CPU slot still
-  has work. The measurement is ``bopsweep bench --only fusion``: the figures shipped
-  in :data:`MEASURED_GAIN` (docs/benchmarks.md), replaced by this machine's own once
+  trials use, into as many groups as trials can run at once (CPU slots, or GPU
+  shares for trials that ask for a GPU), so every slot still has work. The
+  measurement is ``bopsweep bench --only fusion``: the figures shipped in
+  :data:`MEASURED_GAIN` (docs/benchmarks.md), replaced by this machine's own once
   the bench has run here (it writes them to :func:`measured_gain_path`).
+
+  No CUDA figure ships (none was measured on a GPU for this release), and the
+  figures are read on the machine that plans the sweep, the driver: CUDA trials
+  stay unfused under ``auto`` until ``bopsweep bench --only fusion --device cuda``
+  has run there. A driver without the cluster's GPUs (a laptop submitting, a
+  CPU-only head) never measures them: copy the GPU node's ``fusion_gain.json`` into
+  the driver's cache folder, or give the group size (``fuse: 8``).
 
 Each member keeps its own index, name, MLflow child run and status; only the Ray
 trial, its process and its checkpoint are shared. Nothing here imports torch or Ray:
@@ -27,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bopsweep.config import FUSABLE_OPTIMIZERS, fusion_key
+from bopsweep.device import visible_gpu_count
 from bopsweep.sweep import cache_dir
 from bopsweep.sweep.spec import SweepSpec, Trial
 
@@ -119,13 +128,29 @@ def auto_fuses(spec: SweepSpec, trial: Trial, gains=None) -> bool:
     return gain >= AUTO_MIN_GAIN
 
 
-def concurrent_slots(spec: SweepSpec, cpus: int | None = None) -> int:
-    """How many trials this machine runs at once (its CPUs over each trial's share)."""
+def concurrent_slots(spec: SweepSpec, cpus: int | None = None, gpus: int | None = None) -> int:
+    """How many trials this machine runs at once: its CPUs over each trial's share
+    and, for trials that ask for a GPU, its GPUs over each trial's share of one (Ray
+    starts a GPU trial only when its share is free, whatever the CPUs).
+
+    A driver without GPUs planning for a cluster (``--address``) cannot count the
+    cluster's: its CPUs decide there, and ``fuse: N`` sets the size instead."""
     cpus = cpus or os.cpu_count() or 1
-    slots = max(1, int(cpus // spec.resources.cpu))
+    slots = max(1, _fits(cpus, spec.resources.cpu))
+    if spec.resources.gpu > 0:
+        gpus = visible_gpu_count() if gpus is None else gpus
+        if gpus > 0:
+            slots = min(slots, max(1, _fits(gpus, spec.resources.gpu)))
     if spec.max_concurrent_trials:
         slots = min(slots, spec.max_concurrent_trials)
     return slots
+
+
+def _fits(available: float, each: float) -> int:
+    """How many shares of ``each`` fit in ``available``; Ray counts resources in fixed
+    point, so four trials of 0.25 GPU fit on one GPU, and ten of 0.1 too (floats
+    would say 9.999...)."""
+    return math.floor(available / each + 1e-9)
 
 
 def _split(trials: Sequence[Trial], size_limit: int, parts_wanted: int) -> list[list[Trial]]:
@@ -167,8 +192,14 @@ def trial_reason(trial: Trial) -> str | None:
     return None
 
 
-def plan_groups(spec: SweepSpec, trials: Sequence[Trial], cpus: int | None = None) -> list[Group]:
-    """The Ray trials of a sweep, in trial order of their first member."""
+def plan_groups(
+    spec: SweepSpec,
+    trials: Sequence[Trial],
+    cpus: int | None = None,
+    gpus: int | None = None,
+) -> list[Group]:
+    """The Ray trials of a sweep, in trial order of their first member; ``cpus`` and
+    ``gpus`` default to this machine's (:func:`concurrent_slots`)."""
     fuse = spec.fuse
     reason = unfused_reason(spec)
     if fuse in ("off", 1) or reason:
@@ -187,7 +218,7 @@ def plan_groups(spec: SweepSpec, trials: Sequence[Trial], cpus: int | None = Non
     limit = AUTO_MAX_MEMBERS if fuse == "auto" else int(fuse)
     # Under auto, as many groups as trials run at once, so no slot sits idle;
     # with an explicit size, exactly as few groups as that size allows.
-    wanted = concurrent_slots(spec, cpus) if fuse == "auto" else 1
+    wanted = concurrent_slots(spec, cpus, gpus) if fuse == "auto" else 1
     for similar in candidates.values():
         groups += [Group(tuple(part)) for part in _split(similar, limit, wanted)]
     return sorted(groups, key=lambda g: g.index)

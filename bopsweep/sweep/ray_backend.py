@@ -18,6 +18,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from bopsweep.device import visible_gpu_count
 from bopsweep.errors import UserError
 from bopsweep.sweep import contract, mlflow_client
 from bopsweep.sweep.contract import USER_ERROR_KEY, Member, TrialGroup
@@ -153,12 +154,7 @@ def _connect_message(address: str, error: BaseException) -> str:
 
 def local_gpu_count() -> int:
     """GPUs a local Ray instance would find, without starting it or importing torch."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    found = len(glob.glob("/proc/driver/nvidia/gpus/*"))
-    if visible is not None:
-        ids = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
-        return min(len(ids), found) if found else 0
-    return found
+    return visible_gpu_count()
 
 
 def check_cluster(spec: SweepSpec, tracking_uri: str, storage: str) -> None:
@@ -235,10 +231,34 @@ def run_trial(config: dict[str, Any]) -> None:
     """Ray Tune's entry point of a trial (:func:`bopsweep.sweep.trainable.run_trial`).
 
     Ray pickles the trainable by reference in the driver; this one leaves torch and
-    the training code to the trial's worker, so the driver never imports them."""
+    the training code to the trial's worker, so the driver never imports them.
+    First the trial takes what Ray gave it: no GPU when it asked for none, and at
+    most its share of a GPU's memory (``resources.gpu: 0.25`` is only Ray's
+    arithmetic otherwise; :func:`bopsweep.device.limit_gpu_memory`)."""
+    import ray
+
+    hide_unassigned_gpus(ray.get_gpu_ids())
+    from bopsweep.device import limit_gpu_memory
     from bopsweep.sweep.trainable import run_trial as run
 
+    limit_gpu_memory(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
     run(config)
+
+
+def hide_unassigned_gpus(assigned: list, environ=os.environ) -> None:
+    """Make a trial that Ray gave no GPU see none.
+
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to the GPUs it assigned, but since Ray 2.60 it
+    leaves the variable alone for a worker assigned none (ray-project/ray#62492
+    turned RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO off), so a ``resources.gpu: 0`` trial
+    with ``device: auto`` would find every GPU of its node and train on cuda:0,
+    outside Ray's accounting, beside the trials that GPU was given to. Done here, in
+    the trial's own process before torch initialises CUDA, it holds on every Ray a
+    sweep meets (a local one, a cluster started without that variable, a Ray Job
+    whose runtime environment is the job's); Ray Tune reuses an actor only for
+    trials asking the same resources, so the process never needs its GPUs back."""
+    if not assigned:
+        environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def _trainable(spec: SweepSpec):

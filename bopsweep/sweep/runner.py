@@ -1,9 +1,7 @@
 """``bopsweep run``: a sweep, as the steps it goes through.
 
-1. **Preflight**: everything that can be known before Ray starts is checked here
-   (results folder writable, dataset files present, GPUs asked for vs the machine's,
-   the tracking store or server reachable with working credentials, resume state),
-   so that bad input ends in one message, not in trials that fail one by one.
+1. **Preflight** (:mod:`~bopsweep.sweep.preflight`): everything that can be known
+   before Ray starts is checked, so that bad input ends in one message.
 2. **Start**: Ray starts in the background while the MLflow parent run is opened
    (or reopened, when resuming): the two fixed costs overlap.
 3. **Run**: Ray Tune runs the trials; a live model of the sweep goes to the listener.
@@ -39,27 +37,13 @@ from bopsweep.sweep.contract import (
     USER_ERROR_KEY,
     SweepContext,
 )
-from bopsweep.sweep.fusion import Group, plan_groups
 from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
-from bopsweep.sweep.spec import LoadedSpec, Trial, expand
-from bopsweep.sweep.state import Resume, SweepFolder, decide_resume, resolve_storage
+from bopsweep.sweep.preflight import RunOptions, SweepPlan, preflight
+from bopsweep.sweep.spec import LoadedSpec
+from bopsweep.sweep.state import SweepFolder
 
 # Ray's trial statuses -> the run status of a trial that ended that way.
 RAY_TO_RUN_STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """What ``bopsweep run`` takes besides the spec."""
-
-    tracking_uri: str | None = None
-    address: str | None = None
-    storage: str | None = None
-    restart: bool = False
-    verbose: bool = False
-    # How long a rerun waits for a tracking server that does not answer, when the
-    # sweep already has its parent run there.
-    tracking_wait_s: float = 300.0
 
 
 def _process_start() -> float:
@@ -97,111 +81,6 @@ class Timeline:
         out = {k: round(v - self.process_start, 3) for k, v in self.marks.items()}
         out.update({f"cpu.{k}": round(v, 3) for k, v in self.cpu.items()})
         return out
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """A sweep ready to start: what preflight resolved and checked."""
-
-    loaded: LoadedSpec
-    trials: list[Trial]
-    tracking_uri: str
-    folder: SweepFolder
-    address: str | None
-    resume: Resume
-    groups: list[Group] = field(default_factory=list)
-
-    @property
-    def spec(self):
-        return self.loaded.spec
-
-
-# ------------------------------------------------------------------ 1. preflight
-def preflight(
-    loaded: LoadedSpec, options: RunOptions, say: Callable[[str], None] = lambda text: None
-) -> SweepPlan:
-    """Check what can be checked before Ray starts; see the module docstring."""
-    from bopsweep.data import check_available
-
-    spec = loaded.spec
-    trials = expand(loaded)
-    address = options.address or os.environ.get("RAY_ADDRESS")
-    folder = SweepFolder(resolve_storage(options.storage, spec.storage), spec.name)
-    folder.check_writable()
-    if not address:
-        # On a cluster the data and GPUs are on the nodes, not necessarily here.
-        for dataset, data_dir, download in sorted(
-            {(t.train.dataset, t.train.data_dir, t.train.download) for t in trials}
-        ):
-            check_available(dataset, Path(data_dir).expanduser().resolve(), download)
-        _check_local_resources(spec, trials)
-    uri = mlflow_client.resolve_tracking_uri(options.tracking_uri, spec.tracking.uri)
-    if mlflow_client.is_local_uri(uri):
-        mlflow_client.check_local_store(uri, must_exist=False)
-    else:
-        # MLflow's client retries a failed request for minutes by default; the driver
-        # should say the server is unreachable within seconds (retries after 1 and 2 s).
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        _reach_server(uri, folder, options.tracking_wait_s, say)
-    resume = decide_resume(
-        folder,
-        loaded.sha256,
-        uri,
-        restart=options.restart,
-        restorable=ray_backend.can_restore(folder.path),
-    )
-    groups = plan_groups(spec, trials)
-    return SweepPlan(loaded, trials, uri, folder, address, resume, groups)
-
-
-def _reach_server(uri: str, folder: SweepFolder, wait_s: float, say) -> None:
-    """Refuse an unreachable server up front, except for a rerun of a sweep that
-    already has its parent run there (a server restarting, a network blip): that
-    waits up to ``wait_s`` seconds for it, saying so."""
-    try:
-        mlflow_client.check_connection(uri)
-        return
-    except mlflow_client.TrackingUnreachable as error:
-        state = folder.read_state()
-        if wait_s <= 0 or state is None or state.get("tracking_uri") != uri:
-            raise
-        unreachable = error
-    deadline = time.monotonic() + wait_s
-    while (left := deadline - time.monotonic()) > 0:
-        say(
-            f"the tracking server at {uri} does not answer; it holds this sweep's parent "
-            f"run: waiting for it ({left:.0f} s left, Ctrl-C to stop)"
-        )
-        time.sleep(min(5.0, left))
-        try:
-            mlflow_client.check_connection(uri)
-            say(f"the tracking server at {uri} answers again")
-            return
-        except mlflow_client.TrackingUnreachable as error:
-            unreachable = error
-    raise UserError(
-        f"{unreachable} (waited {wait_s:g} s; run the same command again once it is up, "
-        "or raise --tracking-wait)"
-    )
-
-
-def _check_local_resources(spec, trials: list[Trial]) -> None:
-    gpus = ray_backend.local_gpu_count()
-    if spec.resources.gpu > gpus:
-        raise UserError(ray_backend.gpu_message(spec.resources.gpu, gpus, "this machine"))
-    if gpus == 0 and any(t.train.device.startswith("cuda") for t in trials):
-        raise UserError(
-            "train.device asks for cuda but this machine has no GPU: "
-            "--set train.device=cpu (or auto)"
-        )
-    cpus = os.cpu_count() or 1
-    if spec.resources.cpu > cpus:
-        raise UserError(
-            f"each trial asks for {spec.resources.cpu:g} CPUs but this machine has {cpus}: "
-            "lower resources.cpu (--set resources.cpu=1)"
-        )
 
 
 # ---------------------------------------------------------------------- 2. start

@@ -510,16 +510,18 @@ def log_pytorch_model(
 ):
     """``model`` as an MLflow model of the run: signature and input example from a
     few rows of ``example``, requirements given (not inferred)."""
+    import copy
+
     import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
 
     rows = example[:2].detach().cpu()
-    model = model.eval()
+    # A module pickled on a GPU loads only where CUDA is: the logged copy is on the
+    # CPU and loads anywhere; the trial's own model stays on its device.
+    model = copy.deepcopy(model).to("cpu").eval()
     with torch.no_grad():
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        output = model(rows.to(device)).float().cpu()
+        output = model(rows).float()
     signature = infer_signature(rows.numpy(), output.numpy())
     with fluent_target(uri, experiment_id):
         return mlflow.pytorch.log_model(

@@ -300,7 +300,8 @@ def _enter(sweep: SweepContext) -> dict[str, float]:
 
 def _load_state(checkpoint) -> dict:
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / STATE_FILE, weights_only=False)
+        # Onto the CPU whatever device wrote it; the trainer copies it onto its device.
+        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
 def _report(metrics: dict, timings: dict, state: dict | None, meta: dict) -> None:

@@ -774,6 +774,14 @@ def test_gpu_limits_in_worker_groups(k8s_objects) -> None:
         assert gpus and max(gpus) >= 1, f"{owner}: no worker group requests nvidia.com/gpu"
 
 
+def test_the_head_advertises_no_gpus(k8s_objects) -> None:
+    # Trials never run on the head (num-cpus 0); GPUs Ray counted there would be
+    # GPUs no trial is given, and a sweep's check of the cluster would count them.
+    for owner, spec in cluster_specs(k8s_objects).items():
+        params = spec["headGroupSpec"]["rayStartParams"]
+        assert params.get("num-cpus") == "0" and params.get("num-gpus") == "0", owner
+
+
 def test_shared_pvc_mounted_everywhere(k8s_objects, ray_pods) -> None:
     claims = {
         name: obj for (kind, name), obj in k8s_objects.items() if kind == "PersistentVolumeClaim"
@@ -909,6 +917,17 @@ def test_dockerfile_installs_project(dockerfile) -> None:
     assert any(re.search(r"apt-get install[^&]*\bwget\b", r) for r in runs)
     # KubeRay runs `ray start` in a login shell, whose /etc/profile may reset PATH.
     assert any("/etc/profile.d/" in r and "VIRTUAL_ENV" in r for r in runs)
+
+
+def test_dockerfile_has_the_compilers_torch_compile_needs(dockerfile) -> None:
+    # `compile: true`: Inductor builds its CPU kernels with g++, Triton its GPU kernels'
+    # launchers with gcc, at the first forward pass.
+    _, _, instructions = dockerfile
+    installs = [
+        rest for kw, rest in final_stage(instructions) if kw == "RUN" and "apt-get install" in rest
+    ]
+    packages = {word for rest in installs for word in rest.split()}
+    assert {"gcc", "g++"} <= packages or "build-essential" in packages, installs
 
 
 def test_dockerfile_torch_wheels(dockerfile) -> None:

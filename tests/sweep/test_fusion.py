@@ -38,11 +38,11 @@ def shipped_gains(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
-def groups(tmp_path: Path, overrides=(), model="mlp", extra="", cpus=2):
+def groups(tmp_path: Path, overrides=(), model="mlp", extra="", cpus=2, gpus=None):
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC.format(model=model, extra=extra))
     loaded = load_spec(path, list(overrides))
-    return plan_groups(loaded.spec, expand(loaded), cpus=cpus)
+    return plan_groups(loaded.spec, expand(loaded), cpus=cpus, gpus=gpus)
 
 
 def sizes(planned) -> list[int]:
@@ -70,6 +70,46 @@ def test_auto_follows_this_machines_own_measurement(tmp_path):
     assert sizes(groups(tmp_path)) == [1] * 9
     record_gains("cuda", {"mlp": 3.0})
     assert sizes(groups(tmp_path)) == [1] * 9  # a CUDA figure says nothing of the CPU
+
+
+GPU_TRIALS = ["train.device=auto", "resources.cpu=1"]
+
+
+def test_gpu_trials_are_grouped_by_gpu_shares_not_cpus(tmp_path):
+    record_gains("cuda", {"mlp": 3.0})
+    # Four trials of a quarter GPU run at once on one GPU, whatever the CPUs.
+    quarter = [*GPU_TRIALS, "resources.gpu=0.25"]
+    assert sizes(groups(tmp_path, quarter, cpus=32, gpus=1)) == [3, 2, 2, 2]
+    assert sizes(groups(tmp_path, quarter, cpus=2, gpus=1)) == [5, 4]  # CPUs bound too
+    assert sizes(groups(tmp_path, quarter, cpus=32, gpus=2)) == [2, 1, 1, 1, 1, 1, 1, 1]
+    # Whole GPUs: one group per GPU; ten trials of 0.1 fit on one GPU.
+    whole = [*GPU_TRIALS, "resources.gpu=1"]
+    assert sizes(groups(tmp_path, whole, cpus=32, gpus=1)) == [9]
+    assert sizes(groups(tmp_path, whole, cpus=32, gpus=3)) == [3, 3, 3]
+    tenth = [*GPU_TRIALS, "resources.gpu=0.1"]
+    assert sizes(groups(tmp_path, tenth, cpus=32, gpus=1)) == [1] * 9
+    # A driver without GPUs (planning for a cluster) falls back on its CPUs.
+    assert sizes(groups(tmp_path, quarter, cpus=3, gpus=0)) == [3, 3, 3]
+
+
+def test_the_gpu_slots_are_counted_in_fixed_point():
+    from bopsweep.sweep.fusion import concurrent_slots
+    from bopsweep.sweep.spec import SweepSpec
+
+    def slots(gpu: float, gpus: int, cpus: int = 64) -> int:
+        spec = SweepSpec.model_validate(
+            {"name": "t", "train": {"model": "mlp"}, "resources": {"cpu": 1, "gpu": gpu}}
+        )
+        return concurrent_slots(spec, cpus=cpus, gpus=gpus)
+
+    assert [slots(0.1, 1), slots(0.3, 1), slots(1 / 3, 1), slots(0.25, 3)] == [10, 3, 3, 12]
+    assert slots(0.5, 8, cpus=4) == 4
+
+
+def test_gpu_trials_stay_unfused_under_auto_until_measured_on_a_gpu(tmp_path):
+    quarter = [*GPU_TRIALS, "resources.gpu=0.25"]
+    assert sizes(groups(tmp_path, quarter, cpus=32, gpus=1)) == [1] * 9
+    assert sizes(groups(tmp_path, [*quarter, "fuse=3"], cpus=32, gpus=1)) == [3, 3, 3]
 
 
 def test_an_explicit_size_and_off(tmp_path):

@@ -5,6 +5,7 @@ torch is imported (so nothing was started): the refusal costs no start-up."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -36,15 +37,78 @@ def test_more_cpus_than_the_machine_has_are_refused(tmp_path):
     assert "asks for 512 CPUs" in message and "--set resources.cpu=1" in message
 
 
-def test_gpus_the_machine_lacks_are_refused(tmp_path):
+@pytest.fixture
+def no_gpu_here(monkeypatch):
+    """The command sees no GPU, on any machine: CUDA_VISIBLE_DEVICES hides them all."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_gpus_the_machine_lacks_are_refused(tmp_path, no_gpu_here):
     message = _refused(tmp_path, QUICKSTART, "--set", "resources.gpu=1")
     assert "asks for 1 GPU but this machine has 0" in message
     assert "--set resources.gpu=0" in message
 
 
-def test_cuda_device_without_a_gpu_is_refused(tmp_path):
+def test_cuda_device_without_a_gpu_is_refused(tmp_path, no_gpu_here):
     message = _refused(tmp_path, QUICKSTART, "--set", "train.device=cuda")
     assert "no GPU" in message and "train.device=cpu" in message
+
+
+def _spec_trials(*overrides: str):
+    from bopsweep.sweep.spec import expand, load_spec
+
+    loaded = load_spec(QUICKSTART, list(overrides))
+    return loaded.spec, expand(loaded)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refusal"),
+    [
+        (["train.device=cuda"], "resources.gpu is 0: Ray gives a trial only the GPUs"),
+        (["train.device=cuda:0"], "resources.gpu is 0"),
+        (["train.device=cuda:1", "resources.gpu=1"], "sees 1 GPU, numbered from 0"),
+        (["train.device=cuda:1", "resources.gpu=0.25"], "sees 1 GPU, numbered from 0"),
+        (["train.device=cuda:x", "resources.gpu=1"], "valid devices: auto, cpu, cuda"),
+        (["train.device=cuda"], "--set train.device=auto"),
+    ],
+)
+def test_a_device_the_trials_will_not_be_given_is_refused(overrides, refusal):
+    """On any machine and on a cluster: it is the spec against what Ray gives a trial."""
+    from bopsweep.errors import UserError
+    from bopsweep.sweep.preflight import check_devices
+
+    spec, trials = _spec_trials(*overrides)
+    with pytest.raises(UserError, match=re.escape(refusal)):
+        check_devices(spec, trials)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],  # device: cpu
+        ["train.device=auto"],  # CPU where no GPU is given: Ray hides the node's GPUs
+        ["train.device=auto", "resources.gpu=0.25"],
+        ["train.device=cuda", "resources.gpu=0.25"],
+        ["train.device=cuda:1", "resources.gpu=2"],
+    ],
+)
+def test_devices_the_trials_are_given_pass(overrides):
+    from bopsweep.sweep.preflight import check_devices
+
+    check_devices(*_spec_trials(*overrides))
+
+
+def test_the_machines_gpus_and_cpus_are_counted_not_assumed():
+    from bopsweep.errors import UserError
+    from bopsweep.sweep.preflight import check_local_resources
+
+    spec, trials = _spec_trials("resources.gpu=0.5", "train.device=cuda")
+    check_local_resources(spec, trials, gpus=1, cpus=2)
+    with pytest.raises(UserError, match=r"asks for 0\.5 GPU but this machine has 0"):
+        check_local_resources(spec, trials, gpus=0, cpus=2)
+    spec, trials = _spec_trials("resources.cpu=4")
+    with pytest.raises(UserError, match="asks for 4 CPUs but this machine has 2"):
+        check_local_resources(spec, trials, gpus=8, cpus=2)
 
 
 def test_storage_that_cannot_be_written_is_refused(tmp_path):

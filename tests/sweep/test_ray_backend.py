@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from bopsweep.sweep.ray_backend import _connect_message, local_gpu_count
 
 
@@ -63,3 +65,41 @@ def test_schedulers_by_the_names_users_type(tmp_path):
         assert isinstance(_scheduler(loaded.spec, expand(loaded)), kind), line
     path.write_text(base + "scheduler: {type: fifo}\n")
     assert _scheduler(load_spec(path).spec, []) is None
+
+
+def test_a_trial_given_no_gpu_sees_none():
+    from bopsweep.sweep.ray_backend import hide_unassigned_gpus
+
+    environ = {"CUDA_VISIBLE_DEVICES": "0,1"}
+    hide_unassigned_gpus([], environ)
+    assert environ == {"CUDA_VISIBLE_DEVICES": ""}
+    environ = {}
+    hide_unassigned_gpus([], environ)
+    assert environ == {"CUDA_VISIBLE_DEVICES": ""}
+    # GPUs Ray assigned stay as Ray set them.
+    environ = {"CUDA_VISIBLE_DEVICES": "1"}
+    hide_unassigned_gpus(["1"], environ)
+    assert environ == {"CUDA_VISIBLE_DEVICES": "1"}
+
+
+def test_a_zero_gpu_actor_sees_no_gpu_once_the_trial_starts(local_ray):
+    """Ray 2.60 leaves CUDA_VISIBLE_DEVICES as the worker inherited it for an actor
+    with no GPU (here: "0", as a GPU node's variable would read): the trial's entry
+    point blanks it before torch can see the GPU."""
+    import ray
+
+    @ray.remote(num_gpus=0, num_cpus=0, runtime_env={"env_vars": {"CUDA_VISIBLE_DEVICES": "0"}})
+    class Trial:
+        def visible(self) -> str | None:
+            return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+        def enter(self) -> str | None:
+            from bopsweep.sweep.ray_backend import hide_unassigned_gpus
+
+            hide_unassigned_gpus(ray.get_gpu_ids())
+            return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    trial = Trial.remote()
+    inherited = ray.get(trial.visible.remote())
+    assert ray.get(trial.enter.remote()) == ""
+    assert inherited in ("0", "")  # "" where Ray blanks it itself (older Rays)
