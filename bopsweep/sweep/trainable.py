@@ -219,8 +219,10 @@ class ReportToTune(Callback):
                 trainer.stop(k, STOPPED_EARLY)
         last = trainer.epoch >= trainer.epochs or not trainer.active
         for k, keeper in self.models.items():
-            if k in self.trackers:
-                keeper.after_epoch(trainer, last or k in trainer.stopped)
+            # Models of the members that train to the end (not of those stopped early
+            # or failed, as Ray Tune's own early stop leaves a trial's).
+            if k in self.trackers and k not in trainer.stopped:
+                keeper.after_epoch(trainer, last)
         for k, reason in trainer.stopped.items():
             self._end_member(k, reason)
         epoch_times = [float(m.get("epoch_time_s", 0.0)) for m in metrics if m is not None]
