@@ -550,7 +550,7 @@ def run(
         now = time.monotonic()
         finished = all(t.status in ("FINISHED", "FAILED", "KILLED") for t in current.trials)
         if now - last_draw[0] >= 0.5 or finished:
-            live.update(live_table(current), refresh=True)
+            live.update(live_table(current, max_rows=_rows_that_fit(console)), refresh=True)
             last_draw[0] = now
 
     with Live(console=console, auto_refresh=False, transient=False) as live:
@@ -577,12 +577,24 @@ def run(
         raise typer.Exit(1)
 
 
+def _rows_that_fit(out: Console, floor: int = 5) -> int:
+    """Trial rows a table can show on ``out`` with its title, header, borders and
+    caption: a terminal's height, or 50 lines in a log or a pipe."""
+    if not out.is_terminal:
+        return 50
+    return max(floor, out.height - 8)
+
+
 def _print_outcome(outcome, spec: Path, overrides: list[str], out=None) -> None:
     from bopsweep.sweep.report import claims_table, section51_claims
     from bopsweep.sweep.report.tables import leaderboard_table
+    from bopsweep.sweep.state import SweepFolder
 
     out = out or _make_console()
-    out.print(leaderboard_table(outcome))
+    where = "the whole leaderboard: report/leaderboard.csv in the results folder"
+    if not outcome.storage or SweepFolder(outcome.storage, outcome.name).local is None:
+        where = f"the whole leaderboard: `bopsweep report {outcome.name}`"
+    out.print(leaderboard_table(outcome, limit=_rows_that_fit(out, floor=20), elsewhere=where))
     claims = section51_claims(outcome)
     if claims:
         out.print(claims_table(claims))
@@ -603,8 +615,6 @@ def _print_outcome(outcome, spec: Path, overrides: list[str], out=None) -> None:
         out.print(
             f"MLflow store {outcome.tracking_uri}: browse it with `bopsweep ui`", highlight=False
         )
-    from bopsweep.sweep.state import SweepFolder
-
     if outcome.storage:
         folder = SweepFolder(outcome.storage, outcome.name)
         # A sweep stored at a URI keeps no log files: the libraries' logs went to the

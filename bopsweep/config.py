@@ -68,6 +68,14 @@ class HParams(BaseModel):
         ge=0,
         description="L2 on full-precision kernels (not BatchNorm, not biases, not binary)",
     )
+    adam_epsilon: float = Field(
+        1e-8,
+        gt=0,
+        description="epsilon of Adam (the fp optimizer and the latent-weight baseline): "
+        "torch's 1e-8 by default; 1e-7 is Keras' value, which the paper's code used "
+        "(Keras adds it before the bias correction, so the two differ in the first few "
+        "thousand steps even then: docs/fidelity.md)",
+    )
     # Architecture hparams (the original code's names); None: the model's default.
     # Which model takes which: bopsweep.bnn.models.MODEL_OPTIONS.
     filters: int | None = Field(None, gt=0)
@@ -507,7 +515,7 @@ MEMBER_HPARAMS: frozenset[str] = frozenset(
     f"{rate}{suffix}"
     for rate in ("threshold", "gamma", "lr", "sigma")
     for suffix in ("", "_schedule", "_end", "_decay_factor", "_decay_epochs", "_decay_steps")
-) & set(HParams.model_fields) | {"sigma", "weight_decay"}
+) & set(HParams.model_fields) | {"sigma", "weight_decay", "adam_epsilon"}
 # The binary optimizers a fused group can train (bopsweep.bnn.fused.FusedBop and the
 # latent-weight baseline); others train one trial per process.
 FUSABLE_OPTIMIZERS: frozenset[str] = frozenset({"bop", "bop2", "latent"})

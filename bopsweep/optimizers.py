@@ -36,7 +36,7 @@ def fp_optimizer(hp: HParams, params: Sequence[torch.Tensor], lr: float) -> torc
     ]
     if hp.fp_optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
-    return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.Adam(groups, lr=lr, eps=hp.adam_epsilon)
 
 
 def _split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -60,7 +60,7 @@ def build_optimizer(
     fp = fp_optimizer(hp, others, lr_schedule(0)) if others else None
     if hp.optimizer == "latent":
         # The baseline: the binary kernels are latent weights trained like the rest.
-        latent = torch.optim.Adam(binary, lr=lr_schedule(0))
+        latent = torch.optim.Adam(binary, lr=lr_schedule(0), eps=hp.adam_epsilon)
         return CaseOptimizer(model, latent, fp, clip_binary=True, lr_schedule=lr_schedule)
     threshold = hp.schedule("threshold", steps_per_epoch)
     gamma = hp.schedule("gamma", steps_per_epoch)
@@ -75,7 +75,7 @@ def build_optimizer(
 def _fp_settings(hp: HParams) -> tuple:
     """What a member's full-precision optimizer depends on."""
     lr = tuple((k, getattr(hp, k)) for k in sorted(HParams.model_fields) if k.startswith("lr"))
-    return (hp.fp_optimizer, hp.weight_decay, lr)
+    return (hp.fp_optimizer, hp.weight_decay, hp.adam_epsilon, lr)
 
 
 def _fused_optimizer(model, hparams: list[HParams], steps_per_epoch: int) -> FusedCaseOptimizer:
@@ -96,7 +96,11 @@ def _fused_optimizer(model, hparams: list[HParams], steps_per_epoch: int) -> Fus
     kind = hparams[0].optimizer
     if kind == "latent":
         latent = MemberOptimizers(
-            binary, members, lambda k, views: torch.optim.Adam(views, lr=lr_schedules[k](0))
+            binary,
+            members,
+            lambda k, views: torch.optim.Adam(
+                views, lr=lr_schedules[k](0), eps=hparams[k].adam_epsilon
+            ),
         )
         return FusedCaseOptimizer(model, latent, fp, clip_binary=True, lr_schedules=lr_schedules)
     thresholds = [hp.schedule("threshold", steps_per_epoch) for hp in hparams]

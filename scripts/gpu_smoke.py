@@ -270,7 +270,7 @@ class Smoke:
 
         from bopsweep.config import make_train_config
         from bopsweep.data import make_synthetic
-        from bopsweep.train_fused import FusedTrainer
+        from bopsweep.train import Trainer
 
         shape, classes, n_train, batch = MODELS["binarynet"]
         configs = [
@@ -288,7 +288,7 @@ class Smoke:
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        trainer = FusedTrainer(configs, data, device=torch.device("cuda"))
+        trainer = Trainer(configs, data, device=torch.device("cuda"))
         histories = trainer.fit()
         torch.cuda.synchronize()
         last = [h[-1] for h in histories]

@@ -70,8 +70,11 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``--dist loadgroup`` (pyproject's default), tests that share an expensive
     fixture run on one worker, so it is built once (the quick bench's run, a Ray
-    cluster); every other test goes to whichever worker is free."""
+    cluster); every other test goes to whichever worker is free. A test that reads the
+    quick bench is end to end (that bench runs real sweeps: Ray, MLflow, the CLI)."""
     for item in items:
+        if "quick_bench" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
         group = _shared_scope(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))

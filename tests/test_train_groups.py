@@ -151,3 +151,17 @@ def test_a_member_as_a_plain_model_computes_its_part_of_the_group(digits):
         for k in range(2):
             alone = trainer.member_model(k)(x)
             torch.testing.assert_close(alone, fused[k], rtol=1e-5, atol=1e-5)
+
+
+def test_members_with_their_own_adam_epsilon_fuse_and_train_as_their_own_runs(digits):
+    epsilons = (1e-8, 1e-7, 1e-2)
+    configs = [_config(1e-6, 1e-3, 1, adam_epsilon=eps) for eps in epsilons]
+    histories = Trainer(configs, digits, device=CPU).fit()
+    for config, history, eps in zip(configs, histories, epsilons, strict=True):
+        own = Trainer(config, digits, device=CPU)
+        assert {group["eps"] for group in own.optimizer.fp.param_groups} == {eps}
+        for key, value in own.fit()[0][0].items():
+            if key not in TIMING_KEYS:
+                assert history[0][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    # A large epsilon damps Adam's steps: the members did train differently.
+    assert histories[0][0]["train_loss"] != histories[2][0]["train_loss"]

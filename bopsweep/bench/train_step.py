@@ -1,17 +1,21 @@
 """Bench section ``train_step``: what binarization costs in a training step, and how
-the step compares with the original Larq + TensorFlow stack.
+close the step comes to what the hardware can do.
 
 A BinaryNet training step at batch 100 through the real
 :class:`~bopsweep.train.Trainer` (Bop + Adam) against the same network in full
 precision with Adam, in float32 and, where the device computes bf16 natively, under
 bfloat16 autocast (emulated bf16 is ~20x slower and measuring it would only make the
-bench long); and against the Larq figure measured on a 2-core AMD EPYC of the same
-vector width (:data:`LARQ_IMAGES_PER_S`).
+bench long); and the float32 step against its roofline, measured in the same run: the
+step's FLOPs (counted by torch's ``FlopCounterMode``) at the FLOP/s of a large sgemm on
+the same threads. A figure from another stack (Larq + TensorFlow) was the anchor once;
+measured side by side it varied 2x between runs of the same machine, while the roofline
+needs no other stack and moves with the machine it is measured on.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import torch
@@ -26,19 +30,41 @@ from bopsweep.bench.common import (
     target,
 )
 
-# Larq 0.14 + TensorFlow 2.21 (Bop + Adam through Larq's CaseOptimizer) training the
-# same BinaryNet at batch 100 on CIFAR-shaped data, 2 threads on a 2-core AMD EPYC:
-# one with AVX-512 (and avx512_bf16), one with AVX2 only. TensorFlow, like torch,
-# runs about 4x slower on the second, so each CPU is compared with its own kind.
-LARQ_IMAGES_PER_S = {"AVX512": 48.7, "AVX2": 12.2}
-LARQ_GOAL_FACTOR = 1.5
+# The float32 step's share of the roofline it must reach: the rest is what is not
+# matrix products (BatchNorm, the sign functions, Bop's update, the data's flips).
+ROOFLINE_GOAL = 0.9
+# sgemm of this size: large enough for the BLAS to reach its peak on a CPU's cores
+# (a 2-core EPYC: within 2% of 4096), small enough to time in a fraction of a second.
+SGEMM_SIZE = 2048
 
 
-def larq_anchor(device: torch.device) -> tuple[float, str]:
-    """Larq's figure for this kind of CPU (its AVX-512 one off the CPU), and which."""
-    capability = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else ""
-    kind = "AVX2" if device.type == "cpu" and "AVX512" not in capability else "AVX512"
-    return LARQ_IMAGES_PER_S[kind], kind
+def sgemm_flops_per_s(device: torch.device, rounds: int = 5) -> float:
+    """The best FLOP/s of an ``SGEMM_SIZE`` float32 matrix product over ``rounds``."""
+    n = SGEMM_SIZE
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
+    best = float("inf")
+    for _ in range(rounds + 1):  # the first builds the BLAS's buffers
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def step_flops(step) -> float:
+    """FLOPs of one call of ``step`` (matrix products and convolutions, forward and
+    backward), as torch's ``FlopCounterMode`` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
 
 
 def full_precision_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -95,15 +121,14 @@ def measure(context: Context) -> dict[str, Any]:
         out["bf16"] = context.not_native()
     for name, timing in timings.items():
         out[f"{name}_images_per_s"] = BATCH_SIZE / timing["median_s"]
-    larq, larq_cpu = larq_anchor(context.device)
     for precision in precisions:
         ratio = timings[f"bnn_{precision}"]["median_s"] / timings[f"fp_{precision}"]["median_s"]
         out[f"bnn_vs_fp_{precision}"] = ratio
-        out[f"bnn_{precision}_vs_larq"] = out[f"bnn_{precision}_images_per_s"] / larq
-    best = max(precisions, key=lambda p: out[f"bnn_{p}_images_per_s"])
-    best_rate = out[f"bnn_{best}_images_per_s"]
-    out["larq_images_per_s"], out["larq_cpu"] = larq, larq_cpu
-    out["best_precision"] = best
+    # The roofline: after the timings, on the same threads and the same warm caches.
+    out["step_gflop_per_image"] = step_flops(candidates["bnn_fp32"]) / BATCH_SIZE / 1e9
+    out["sgemm_gflop_per_s"] = sgemm_flops_per_s(device) / 1e9
+    out["roofline_images_per_s"] = out["sgemm_gflop_per_s"] / out["step_gflop_per_image"]
+    out["bnn_fp32_of_roofline"] = out["bnn_fp32_images_per_s"] / out["roofline_images_per_s"]
     targets = {
         f"bnn_vs_fp_{precision}": target(
             out[f"bnn_vs_fp_{precision}"],
@@ -114,11 +139,12 @@ def measure(context: Context) -> dict[str, Any]:
         )
         for precision in precisions
     }
-    targets["vs_larq"] = target(
-        best_rate / larq,
-        LARQ_GOAL_FACTOR,
+    targets["roofline"] = target(
+        out["bnn_fp32_of_roofline"],
+        ROOFLINE_GOAL,
         ">=",
-        f"BNN images/s ({best}) / Larq's {larq} (a {larq_cpu} CPU figure)",
+        f"BNN float32 images/s / the roofline ({out['step_gflop_per_image']:.2f} GFLOP per "
+        f"image at the {out['sgemm_gflop_per_s']:.0f} GFLOP/s of a {SGEMM_SIZE}^2 sgemm)",
     )
     out["targets"] = targets
     return out
@@ -134,4 +160,15 @@ def rows(section: dict[str, Any]) -> list[Row]:
             out.append((name, f"{key} images/s", f"{rate:.1f} ({ms(section[key])}/step)", "", ""))
     if "bf16" in section:
         out.append((name, "bnn_bf16, fp_bf16", section["bf16"], "", ""))
+    out.append(
+        (
+            name,
+            "roofline (float32)",
+            f"{section['roofline_images_per_s']:.1f} images/s: "
+            f"{section['step_gflop_per_image']:.2f} GFLOP/image at "
+            f"{section['sgemm_gflop_per_s']:.0f} GFLOP/s",
+            "",
+            "",
+        )
+    )
     return out

@@ -1,5 +1,5 @@
-"""Bench section ``train_step``: BNN against full precision and Larq; bf16 only where
-the device computes it natively."""
+"""Bench section ``train_step``: BNN against full precision and its float32 roofline; bf16
+only where the device computes it natively."""
 
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ FP32 = [
     "bnn_fp32_images_per_s",
     "fp_fp32_images_per_s",
     "bnn_vs_fp_fp32",
-    "bnn_fp32_vs_larq",
+    "step_gflop_per_image",
+    "sgemm_gflop_per_s",
+    "roofline_images_per_s",
+    "bnn_fp32_of_roofline",
 ]
-BF16 = ["bnn_bf16_images_per_s", "fp_bf16_images_per_s", "bnn_vs_fp_bf16", "bnn_bf16_vs_larq"]
+BF16 = ["bnn_bf16_images_per_s", "fp_bf16_images_per_s", "bnn_vs_fp_bf16"]
 
 
 def test_train_step_reports_its_figures_and_targets(quick_bench):
@@ -29,10 +32,10 @@ def test_train_step_reports_its_figures_and_targets(quick_bench):
     section = results["sections"]["train_step"]
     if results["machine"]["native_bf16"]:
         assert_numbers(section, FP32 + BF16)
-        assert_targets(section, {"bnn_vs_fp_fp32", "bnn_vs_fp_bf16", "vs_larq"})
+        assert_targets(section, {"bnn_vs_fp_fp32", "bnn_vs_fp_bf16", "roofline"})
     else:
         assert_numbers(section, FP32)
-        assert_targets(section, {"bnn_vs_fp_fp32", "vs_larq"})
+        assert_targets(section, {"bnn_vs_fp_fp32", "roofline"})
 
 
 def test_bf16_is_not_measured_where_it_is_not_native(monkeypatch, tmp_path):
@@ -46,18 +49,23 @@ def test_bf16_is_not_measured_where_it_is_not_native(monkeypatch, tmp_path):
     assert section["precisions"] == ["fp32"]
     assert not any(key.startswith(("bnn_bf16", "fp_bf16")) for key in section)
     assert_numbers(section, FP32)
-    assert_targets(section, {"bnn_vs_fp_fp32", "vs_larq"})
-    assert "fp32" in section["targets"]["vs_larq"]["what"]
+    assert_targets(section, {"bnn_vs_fp_fp32", "roofline"})
+    assert "float32" in section["targets"]["roofline"]["what"]
     rows = train_step.rows(section)
     assert ("train_step", "bnn_bf16, fp_bf16", "bf16 not native on this CPU: not measured") in [
         row[:3] for row in rows
     ]
 
 
-def test_larq_is_compared_on_the_same_kind_of_cpu(monkeypatch):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert train_step.larq_anchor(torch.device("cpu")) == (12.2, "AVX2")
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert train_step.larq_anchor(torch.device("cpu")) == (48.7, "AVX512")
-    # Off the CPU, the faster CPU's figure.
-    assert train_step.larq_anchor(torch.device("cuda")) == (48.7, "AVX512")
+def test_the_roofline_counts_binarynet_flops_and_times_a_real_sgemm():
+    from bopsweep.bench.train_step import _trainers
+
+    bnn, _ = _trainers(torch.device("cpu"), "fp32")
+    per_image = train_step.step_flops(bnn.train_epoch) / 100
+    # BinaryNet on 32x32x3: about 1.03 GFLOP forward per image, twice that backward.
+    assert 2.9e9 < per_image < 3.3e9
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(8, 64)
+    assert train_step.step_flops(lambda: linear(x)) == 2 * 8 * 64 * 32
+    flops = train_step.sgemm_flops_per_s(torch.device("cpu"), rounds=1)
+    assert 1e9 < flops < 1e14  # a CPU's cores: GFLOP/s to tens of TFLOP/s

@@ -15,7 +15,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from bopsweep.sweep.outcome import FLIP_METRIC, SweepOutcome, TrialOutcome, format_value
+from bopsweep.sweep.outcome import (
+    FLIP_METRIC,
+    TERMINAL_STATUSES,
+    SweepOutcome,
+    TrialOutcome,
+    format_value,
+)
 from bopsweep.sweep.report.grid import swept_key_order
 
 STATUS_STYLES = {"FINISHED": "green", "FAILED": "red", "KILLED": "yellow", "RUNNING": "cyan"}
@@ -214,16 +220,29 @@ def _epochs_text(trial: TrialOutcome, metric: str) -> str:
 
 
 def leaderboard_table(
-    outcome: SweepOutcome, keys: Sequence[str] | None = None, *, links: bool = True
+    outcome: SweepOutcome,
+    keys: Sequence[str] | None = None,
+    *,
+    links: bool = True,
+    limit: int | None = None,
+    elsewhere: str = "",
 ):
     """The leaderboard as a rich table for the terminal, for a sweep read back from
     MLflow or one that has just ended. With ``links``, run ids on a tracking server
-    are terminal hyperlinks to their page in the MLflow UI."""
+    are terminal hyperlinks to their page in the MLflow UI. With ``limit``, only the
+    best ``limit`` trials get a row and a caption counts the others (``elsewhere``
+    says where the whole leaderboard is)."""
     from rich.table import Table
 
     keys = _keys(outcome, keys)
     metric = outcome.metric
+    ranked = outcome.ranked()
     table = Table(title=_title(outcome))
+    if limit is not None and len(ranked) > limit:
+        rest = len(ranked) - limit
+        table.caption = f"... and {rest} more trials{f' ({elsewhere})' if elsewhere else ''}"
+        table.caption_justify = "left"
+        ranked = ranked[:limit]
     headers = ["rank", "trial", *(_label(k) for k in keys)]
     extras = extra_metrics(outcome)
     headers += [f"final {metric}", f"best {metric}", *(f"final {m}" for m in extras)]
@@ -232,7 +251,7 @@ def leaderboard_table(
         table.add_column(header, justify="left" if header == "status" else "right")
     # Whole run ids (other columns wrap first): they are what users copy.
     table.add_column("run", no_wrap=True, min_width=32)
-    for rank, trial in enumerate(outcome.ranked(), 1):
+    for rank, trial in enumerate(ranked, 1):
         style = STATUS_STYLES.get(trial.status, "")
         link = outcome.run_link(trial.run_id)
         if not trial.run_id:
@@ -262,20 +281,46 @@ def _epochs_done(trial: TrialOutcome, metric: str) -> int:
     return series[-1][0] + 1 if series else 0
 
 
-def live_table(outcome: SweepOutcome):
-    """The sweep's progress as a compact table (the CLI refreshes it in place)."""
+def live_rows(outcome: SweepOutcome, max_rows: int | None) -> list[TrialOutcome]:
+    """The trials the live table shows, in index order: all of them when they fit in
+    ``max_rows``; else the running ones first, then the best that have ended, then
+    the next to start (a terminal redraws only what fits its height, and a sweep of
+    1,000 trials would print 1,000 rows when it ends)."""
+    trials = sorted(outcome.trials, key=lambda t: t.index)
+    if max_rows is None or len(trials) <= max_rows:
+        return trials
+    running = [t for t in trials if t.status == "RUNNING"]
+    ended = [t for t in outcome.ranked() if t.status in TERMINAL_STATUSES]
+    waiting = [t for t in trials if t.status != "RUNNING" and t.status not in TERMINAL_STATUSES]
+    shown = (running + ended + waiting)[: max(max_rows, 1)]
+    return sorted(shown, key=lambda t: t.index)
+
+
+def live_table(outcome: SweepOutcome, max_rows: int | None = None):
+    """The sweep's progress as a compact table (the CLI refreshes it in place), at
+    most ``max_rows`` trials of it (:func:`live_rows`) and a caption that counts the
+    others by status."""
+    from collections import Counter
+
     from rich.table import Table
 
     metric, mode = outcome.metric, outcome.mode
-    done = sum(t.status in ("FINISHED", "FAILED", "KILLED") for t in outcome.trials)
+    done = sum(t.status in TERMINAL_STATUSES for t in outcome.trials)
     table = Table(
         title=f"{outcome.name}: {done}/{len(outcome.trials)} trials done", title_justify="left"
     )
+    shown = live_rows(outcome, max_rows)
+    if len(shown) < len(outcome.trials):
+        ids = {id(t) for t in shown}
+        statuses = Counter(t.status.lower() for t in outcome.trials if id(t) not in ids)
+        counted = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        table.caption = f"... {len(outcome.trials) - len(shown)} more trials: {counted}"
+        table.caption_justify = "left"
     keys = outcome.swept_keys()
     headers = ["trial", *(_label(k) for k in keys), "status", "epoch"]
     for header in [*headers, metric, f"best ({mode})", FLIP_METRIC]:
         table.add_column(header, justify="left" if header == "status" else "right")
-    for trial in sorted(outcome.trials, key=lambda t: t.index):
+    for trial in shown:
         style = STATUS_STYLES.get(trial.status, "")
         total = trial.epochs_total if trial.epochs_total is not None else "?"
         table.add_row(

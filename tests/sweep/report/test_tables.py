@@ -213,3 +213,65 @@ def test_a_value_not_proposed_yet_shows_as_a_dash():
     console.print(tables.live_table(outcome))
     row = next(line for line in console.export_text().splitlines() if "002" in line)
     assert "None" not in row and " - " in row
+
+
+def _big_sweep(n: int = 1000) -> SweepOutcome:
+    """``n`` trials as the live table sees them mid-sweep: the first 600 ended (every
+    100th failed), two running, the rest waiting."""
+    trials = []
+    for index in range(n):
+        trial = TrialOutcome(index=index, swept={"seed": index}, epochs_total=1)
+        if index < 600:
+            trial.status = "FAILED" if index % 100 == 7 else "FINISHED"
+            if trial.status == "FINISHED":  # the failed ones before their first epoch
+                trial.history = {"val_accuracy": [(0, (index * 37 % 1000) / 1000)]}
+        elif index < 602:
+            trial.status = "RUNNING"
+        trials.append(trial)
+    return SweepOutcome(
+        name="big",
+        metric="val_accuracy",
+        mode="max",
+        tracking_uri="sqlite:///x.db",
+        experiment_id="1",
+        parent_run_id="p" * 32,
+        trials=trials,
+    )
+
+
+def test_live_table_shows_what_fits_running_first_then_the_best():
+    outcome = _big_sweep()
+    shown = tables.live_rows(outcome, 20)
+    assert len(shown) == 20
+    assert [t.index for t in shown] == sorted(t.index for t in shown)
+    indices = {t.index for t in shown}
+    assert {600, 601} <= indices  # the running trials
+    best = [t.index for t in outcome.ranked() if t.status == "FINISHED"][:18]
+    assert indices == {600, 601, *best}
+    text = _text(tables.live_table(outcome, max_rows=20))
+    assert "big: 600/1000 trials done" in text
+    assert "... 980 more trials: 6 failed, 576 finished, 398 pending" in text
+    assert len(text.splitlines()) < 30
+    # A sweep that fits is shown whole, with no caption.
+    assert len(tables.live_rows(outcome, 1000)) == 1000
+    assert "more trials" not in _text(tables.live_table(_big_sweep(8), max_rows=20))
+
+
+def test_live_table_fills_with_the_next_trials_before_any_ended():
+    outcome = _big_sweep(1000)
+    for trial in outcome.trials:
+        trial.status, trial.history = "PENDING", {}
+    assert [t.index for t in tables.live_rows(outcome, 5)] == [0, 1, 2, 3, 4]
+
+
+def test_leaderboard_limit_keeps_the_best_and_says_where_the_rest_is():
+    outcome = _big_sweep(100)
+    text = _text(tables.leaderboard_table(outcome, limit=10, elsewhere="see report"))
+    ranks = [
+        line.split()[1]
+        for line in text.splitlines()
+        if line[:2] == "│ " and line.split()[1].isdigit()
+    ]
+    assert ranks == [str(rank) for rank in range(1, 11)]
+    assert "... and 90 more trials (see report)" in text
+    assert "more trials" not in _text(tables.leaderboard_table(outcome, limit=100))
