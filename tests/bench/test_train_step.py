@@ -21,6 +21,8 @@ FP32 = [
     "bnn_vs_fp_fp32",
     "step_gflop_per_image",
     "sgemm_gflop_per_s",
+    "conv_gflop_per_s",
+    "peak_gflop_per_s",
     "roofline_images_per_s",
     "bnn_fp32_of_roofline",
 ]
@@ -67,5 +69,7 @@ def test_the_roofline_counts_binarynet_flops_and_times_a_real_sgemm():
     linear = torch.nn.Linear(64, 32)
     x = torch.randn(8, 64)
     assert train_step.step_flops(lambda: linear(x)) == 2 * 8 * 64 * 32
-    flops = train_step.sgemm_flops_per_s(torch.device("cpu"), rounds=1)
-    assert 1e9 < flops < 1e14  # a CPU's cores: GFLOP/s to tens of TFLOP/s
+    peaks = train_step.peak_flops_per_s(torch.device("cpu"), rounds=1)
+    assert set(peaks) == {"sgemm", "conv"}
+    for flops in peaks.values():
+        assert 1e9 < flops < 1e14  # a CPU's cores: GFLOP/s to tens of TFLOP/s
