@@ -28,6 +28,21 @@ def normalize(x: Tensor, pixel_max: float) -> Tensor:
     return x.float().div_(pixel_max / 2).sub_(1.0)
 
 
+class RawPixels(torch.nn.Module):
+    """A trained model behind the normalisation its evaluation batches had, so that it
+    takes the pixel values a user has: the dataset's format (``[0, pixel_max]``, uint8
+    or any other dtype), ``(N, C, H, W)``. The models a sweep logs to MLflow are
+    these; the input is not changed in place."""
+
+    def __init__(self, model: torch.nn.Module, pixel_max: float) -> None:
+        super().__init__()
+        self.model = model
+        self.pixel_max = float(pixel_max)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x.float() / (self.pixel_max / 2) - 1.0)
+
+
 def crop_and_flip(x: Tensor, pad: int, generator: torch.Generator | None) -> Tensor:
     """Zero-pad by ``pad``, take a random crop of the original size and flip half of
     the images left-right; one indexing op for the whole batch, on x's device."""

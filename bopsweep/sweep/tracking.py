@@ -509,12 +509,15 @@ def log_pytorch_model(
     experiment_id: str | None = None,
 ):
     """``model`` as an MLflow model of the run: signature and input example from a
-    few rows of ``example``, requirements given (not inferred)."""
+    few rows of ``example``, what its input is in the model's metadata, requirements
+    given (not inferred)."""
     import copy
 
     import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
+
+    from bopsweep.data.batches import RawPixels
 
     rows = example[:2].detach().cpu()
     # A module pickled on a GPU loads only where CUDA is: the logged copy is on the
@@ -523,6 +526,15 @@ def log_pytorch_model(
     with torch.no_grad():
         output = model(rows).float()
     signature = infer_signature(rows.numpy(), output.numpy())
+    shape = "(N, " + ", ".join(map(str, rows.shape[1:])) + ")"
+    if isinstance(model, RawPixels):
+        what = (
+            f"raw pixel values in [0, {model.pixel_max:g}] ({rows.dtype} as the dataset "
+            f"stores them), shape {shape}; the model normalises them itself"
+        )
+    else:
+        what = f"preprocessed images (normalised to [-1, 1]), shape {shape}"
+    metadata = {"input": what, "output": "logits, one per class"}
     with fluent_target(uri, experiment_id):
         return mlflow.pytorch.log_model(
             model,
@@ -530,6 +542,7 @@ def log_pytorch_model(
             run_id=run_id,  # no active run: the run's status stays the tracker's
             signature=signature,
             input_example=rows.numpy(),
+            metadata=metadata,
             pip_requirements=model_requirements(),
             registered_model_name=registered_name,
             # torch.export (MLflow's default) cannot trace binarized layers' custom
@@ -623,14 +636,28 @@ class ModelKeeper:
             return
         import copy
 
-        example = next(iter(trainer.batches.val()), None)
-        if example is None:
-            return
+        from bopsweep.data.batches import RawPixels
+
         # The member as a plain model (a copy of its slice of a fused group's).
         model = trainer.member_model(self.member)
+        raw = getattr(trainer.data, "val_x", None)
+        if raw is not None:
+            # In-memory datasets: the model takes raw pixels and normalises them.
+            example, pixel_max = raw[:2], trainer.data.pixel_max
+        else:
+            # Images from files: decoding, crop and resize stay the user's; the model
+            # takes the batches the trial evaluated on.
+            first = next(iter(trainer.batches.val()), None)
+            if first is None:
+                return
+            example, pixel_max = first[0], None
+
+        def for_users(net):
+            return net if pixel_max is None else RawPixels(net, pixel_max)
+
         if "final" in self.kinds:
-            self.tracker.log_model(model, "final_model", example[0])
+            self.tracker.log_model(for_users(model), "final_model", example)
         if "best" in self.kinds and self.best_state is not None:
             best = copy.deepcopy(model)
             best.load_state_dict(self.best_state)
-            self.tracker.log_model(best, "best_model", example[0])
+            self.tracker.log_model(for_users(best), "best_model", example)
