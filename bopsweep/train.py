@@ -15,9 +15,12 @@ per-epoch metrics under the same names as a run of its own.
 
 Per epoch the loop produces the metrics the paper looks at: losses and accuracies,
 the flip ratio over all binary weights and per binary layer, its log form, and the
-current gamma / threshold / learning rate. Losses, accuracies and flip counts are
-accumulated on the device and read once per epoch, so the loop never waits on a
-host sync per step.
+current gamma / threshold / learning rate; and, as the paper's Figure 1 plots it,
+``log_flip_ratio_last``: the log flip ratio of the last binary layer per optimizer
+step, a metric whose value is a list of ``[step, value]`` pairs (every step, or the
+means of equal windows of steps when an epoch has more than :data:`STEP_POINTS`).
+Losses, accuracies and flip counts are accumulated on the device and read once per
+epoch, so the loop never waits on a host sync per step.
 
 A member whose loss stops being finite is stopped (:meth:`Trainer.stop`: its weights,
 optimizer state and BatchNorm statistics stop changing, its loss leaves the sum that
@@ -46,7 +49,7 @@ from bopsweep.bnn.fused import (
 )
 from bopsweep.bnn.fused.optim import member_flip_metrics
 from bopsweep.bnn.layers import binary_layers, use_latent_weights
-from bopsweep.bnn.metrics import TOP5, flip_metrics, topk_correct
+from bopsweep.bnn.metrics import TOP5, flip_metrics, log_flip_ratio, topk_correct
 from bopsweep.bnn.models import build_model
 from bopsweep.bnn.optim import Bop
 from bopsweep.config import FUSABLE_OPTIMIZERS, MEMBER_HPARAMS, HParams, TrainConfig, fusion_key
@@ -55,6 +58,13 @@ from bopsweep.device import enable_tf32
 from bopsweep.errors import TrainingDiverged, UserError
 from bopsweep.optimizers import build_optimizer
 from bopsweep.precision import resolve_precision
+
+# The per-step flip series (the paper's log pi of the last binary layer): a point per
+# step up to this many an epoch, else the means of equal windows of steps, so that an
+# epoch's metrics stay one MLflow request (log_batch takes 1,000 values) and a long
+# run's history stays small in its checkpoints.
+STEP_POINTS = 100
+STEP_FLIP_METRIC = "log_flip_ratio_last"
 
 __all__ = ["Callback", "TrainResult", "Trainer", "build_optimizer", "resolve_device", "train"]
 
@@ -171,6 +181,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, hparams, self.steps_per_epoch)
         body = self.model if self.members == 1 else self.model.body
         self.layer_names = {layer.weight: name for name, layer in binary_layers(body)}
+        # The last binary layer's kernel, whose flips are also kept per step.
+        self.last_binary = next(reversed(self.layer_names), None)
+        self._step_flips: list[torch.Tensor] = []
         # One generator per distinct seed: members that share a seed share batches.
         self.seeds = sorted({c.seed for c in configs})
         self.generators = {
@@ -330,12 +343,18 @@ class Trainer:
         if self.stopped:
             mask = torch.zeros(members, device=device, dtype=torch.bool)
             mask[self.active] = True
+        self._step_flips = []
         for step, (x, y, shared) in enumerate(self._train_batches()):
             logits = self._forward(x, shared)
             losses = self._losses(logits, y)
             self.optimizer.zero_grad()
             (losses if mask is None else torch.where(mask, losses, 0.0)).backward(ones)
             self.optimizer.step()
+            if self.last_binary is not None:
+                # The running count after this step, on the device (no host sync).
+                total = self.optimizer.flip_total(self.last_binary)
+                if total is not None:
+                    self._step_flips.append(total.clone())
             batch = y.shape[-1]
             loss_sum += losses.detach() * batch
             top1 += (logits.argmax(-1) == y).sum(-1)
@@ -383,6 +402,27 @@ class Trainer:
         val, test = self._score(self.batches.val(), "val"), self._score(self.batches.test(), "test")
         return [{**v, **t} for v, t in zip(val, test, strict=True)]
 
+    def _step_flip_series(self) -> list[list[list[float]]] | None:
+        """Each member's ``[step, log flip ratio]`` pairs of the last binary layer over
+        the epoch just trained (read before :meth:`_flip_metrics` resets the counts)."""
+        if not self._step_flips:
+            return None
+        running = torch.stack(self._step_flips).to("cpu", torch.float64)
+        running = running.reshape(len(self._step_flips), -1)  # [steps, members]
+        counts = torch.diff(running, dim=0, prepend=torch.zeros_like(running[:1]))
+        ratios = counts / (self.last_binary.numel() // self.members)
+        steps = len(ratios)
+        window = -(-steps // STEP_POINTS)  # ceil
+        # The optimizer's step count at each window's last step.
+        first = self.optimizer.step_count - steps
+        series: list[list[list[float]]] = [[] for _ in range(self.members)]
+        for start in range(0, steps, window):
+            means = ratios[start : start + window].mean(0).tolist()
+            step = first + min(start + window, steps) - 1
+            for k, mean in enumerate(means):
+                series[k].append([step, log_flip_ratio(mean)])
+        return series
+
     def _flip_metrics(self) -> list[dict[str, float]]:
         flips = self.optimizer.read_flips()
         if self.members == 1:
@@ -408,8 +448,9 @@ class Trainer:
         while self.epoch < self.epochs and self.active:
             start = time.perf_counter()
             active = self.active
-            metrics: list[dict[str, float] | None] = list(self.train_epoch(callbacks))
+            metrics: list[dict[str, Any] | None] = list(self.train_epoch(callbacks))
             train_time = time.perf_counter() - start
+            series = self._step_flip_series()
             flips = self._flip_metrics()
             evaluation = self.evaluate()
             epoch_time = time.perf_counter() - start
@@ -423,6 +464,8 @@ class Trainer:
                     metrics[k] = None
                     continue
                 metrics[k].update(flips[k])
+                if series is not None:
+                    metrics[k][STEP_FLIP_METRIC] = series[k]
                 metrics[k].update(evaluation[k])
                 metrics[k].update(self._current_rates(k))
                 # The group's time: every member trained in the same seconds.

@@ -67,14 +67,23 @@ def test_metrics_of_every_epoch():
         "epoch_time_s",
         "samples_per_s",
         "epoch",
+        "log_flip_ratio_last",
         *(f"flip_ratio/{layer}" for layer in layers),
     }
     assert len(result.history) == 2
     sizes = {"dense1": 64 * 256, "dense2": 256 * 256, "dense3": 256 * 2}
+    steps = 256 // 32  # the bop set's batch of 32
     for epoch, metrics in enumerate(result.history):
         assert set(metrics) == expected_keys
         assert metrics["epoch"] == epoch
+        series = metrics.pop("log_flip_ratio_last")
         assert all(isinstance(v, int | float) and math.isfinite(v) for v in metrics.values())
+        # The paper's log pi of the last layer, one point per optimizer step; the
+        # epoch's flip ratio of that layer is the mean of the steps' ratios.
+        assert [step for step, _ in series] == list(range(epoch * steps, (epoch + 1) * steps))
+        ratios = [math.exp(value) - math.exp(-9) for _, value in series]
+        assert all(-1e-12 <= r <= 1 for r in ratios)
+        assert sum(ratios) / steps == pytest.approx(metrics["flip_ratio/dense3"], abs=1e-12)
         assert 0.0 <= metrics["train_accuracy"] <= 1.0
         assert 0.0 <= metrics["val_accuracy"] <= 1.0
         assert metrics["train_loss"] > 0 and metrics["val_loss"] > 0
@@ -89,6 +98,19 @@ def test_metrics_of_every_epoch():
         assert metrics["epoch_time_s"] > 0 and metrics["samples_per_s"] > 0
     assert result.final is result.history[-1]
     assert result.hparams.epochs == 2
+
+
+def test_the_per_step_series_is_window_means_when_an_epoch_has_many_steps():
+    from bopsweep.train import STEP_POINTS, Trainer
+
+    n_train = 32 * (2 * STEP_POINTS + 10)  # 210 steps: 70 windows of 3
+    trainer = Trainer(_config("bop", epochs=1), _data(n_train=n_train), device=CPU)
+    (history,) = trainer.fit()
+    series = history[0]["log_flip_ratio_last"]
+    assert len(series) == STEP_POINTS - 30  # ceil(210 / 3)
+    assert [step for step, _ in series][:3] == [2, 5, 8] and series[-1][0] == 209
+    ratios = [math.exp(value) - math.exp(-9) for _, value in series]
+    assert sum(ratios) * 3 / 210 == pytest.approx(history[0]["flip_ratio/dense3"], rel=1e-9)
 
 
 def test_top5_accuracy_with_more_than_five_classes():

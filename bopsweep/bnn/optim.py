@@ -626,6 +626,18 @@ class SignFlipCounter:
         return out
 
 
+def flip_total(binary: Optimizer, counter: SignFlipCounter | None, param: Tensor):
+    """The running flip count of ``param``: the sign-change counter's where a case
+    optimizer keeps one (latent weights), else the binary optimizer's own (a Bop,
+    plain or fused, that counts flips); see ``flip_total`` of the case optimizers."""
+    if counter is not None:
+        return counter.totals.get(param)
+    if not binary.param_groups[0].get("count_flips"):
+        return None
+    state = binary.state.get(param)
+    return state.get("flips") if state else None
+
+
 class CaseOptimizer:
     """One optimizer object over a whole model: binary kernels to ``binary``, the rest
     to ``fp`` (Larq's ``CaseOptimizer``).
@@ -726,6 +738,12 @@ class CaseOptimizer:
         if isinstance(self.binary, Bop):
             return self.binary.read_flips(reset)
         return self._flips.read(reset) if self._flips is not None else []
+
+    def flip_total(self, param: Tensor) -> Tensor | None:
+        """How many of ``param``'s weights flipped since the last reset, as a running
+        total on the device (the live counter: clone it to keep it); None where flips
+        are not counted or ``param`` has not been stepped yet."""
+        return flip_total(self.binary, self._flips, param)
 
     def state_dict(self) -> dict:
         return {

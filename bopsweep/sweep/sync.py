@@ -16,6 +16,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ray.tune.result import AUTO_RESULT_KEYS
 
@@ -81,14 +82,22 @@ def _trial_results(folder: SweepFolder):
             yield member, parts, error or last.get(MEMBER_ERROR_KEY), last.get(MEMBER_STATUS_KEY)
 
 
-def _epoch_metrics(row: dict) -> dict[str, float]:
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _epoch_metrics(row: dict) -> dict[str, Any]:
+    """An epoch's metrics in a result row: numbers, and per-step series (lists of
+    ``[step, value]`` pairs, as the trainer reports them)."""
     return {
         k: v
         for k, v in row.items()
         if k not in RAY_RESULT_KEYS
         and not k.startswith(TIMING_PREFIX)
-        and isinstance(v, int | float)
-        and not isinstance(v, bool)
+        and (
+            _is_number(v)
+            or (isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 for p in v))
+        )
     }
 
 

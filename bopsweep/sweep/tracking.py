@@ -386,12 +386,19 @@ class TrialTracker:
             self.pending_tags.update({k: str(v) for k, v in tags.items()})
             self._state.notify_all()
 
-    def log_epoch(self, metrics: Mapping[str, float], step: int) -> None:
-        """Queue an epoch's metrics for the sender; returns at once."""
+    def log_epoch(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Queue an epoch's metrics for the sender; returns at once. A metric whose
+        value is a list of ``[step, value]`` pairs (the trainer's per-step series) is
+        logged at those steps, in the same request as the epoch: an epoch's values
+        reach the run together or not at all."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        batch = [
+            Metric(k, float(value), now, int(at))
+            for k, v in metrics.items()
+            for at, value in (v if isinstance(v, list) else [(step, v)])
+        ]
         self.improved = False
         for position, (name, mode) in enumerate(self.summary.items()):
             value = metrics.get(name)

@@ -91,7 +91,7 @@ def _histories(client: MlflowClient, experiment: str) -> dict[str, dict]:
                 m.value
                 for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
             ]
-            for key in ("val_accuracy", "train_loss", "flip_ratio")
+            for key in ("val_accuracy", "train_loss", "flip_ratio", "log_flip_ratio_last")
         }
     return out
 

@@ -36,6 +36,9 @@ def assert_each_step_once(client: MlflowClient, run_id: str, epochs: int) -> Non
     for key in ("epoch", "val_accuracy", "flip_ratio", "train_loss"):
         steps = Counter(m.step for m in client.get_metric_history(run_id, key))
         assert steps == Counter(range(epochs)), (key, steps)
+    # The per-step series: every optimizer step of every epoch, once.
+    steps = Counter(m.step for m in client.get_metric_history(run_id, "log_flip_ratio_last"))
+    assert len(steps) % epochs == 0 and steps == Counter(range(len(steps))), steps
 
 
 def start_run(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:

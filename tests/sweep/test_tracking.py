@@ -61,6 +61,21 @@ def test_epochs_arrive_in_order_and_the_run_finishes(store):
     assert tracker.send_s > 0
 
 
+def test_a_per_step_series_is_logged_at_its_steps_with_its_epoch(store):
+    exp_id, parent = _parent(store)
+    tracker = tracking.TrialTracker(store, exp_id, parent, 0, "t0")
+    for epoch in range(2):
+        series = [[epoch * 3 + i, -5.0 - epoch - i / 10] for i in range(3)]
+        tracker.log_epoch({**_epoch(epoch), "log_flip_ratio_last": series}, step=epoch)
+    assert tracker.finish("FINISHED")
+    client = mlflow_client.client(store)
+    history = client.get_metric_history(tracker.run_id, "log_flip_ratio_last")
+    points = sorted((m.step, m.value) for m in history)
+    assert points == [(s, pytest.approx(-5.0 - s // 3 - (s % 3) / 10)) for s in range(6)]
+    # The epoch's own metrics stay at the epoch's step.
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "epoch")] == [0, 1]
+
+
 def test_a_resumed_trial_sends_only_the_steps_the_run_lacks(store):
     exp_id, parent = _parent(store)
     first = tracking.TrialTracker(store, exp_id, parent, 3, "t3")

@@ -38,6 +38,7 @@ from bopsweep.bnn.optim import (
     _flat,
     bop,
     bop2,
+    flip_total,
 )
 from bopsweep.bnn.schedules import Schedule, as_schedule
 
@@ -463,6 +464,10 @@ class FusedCaseOptimizer:
         if isinstance(self.binary, FusedBop):
             return self.binary.read_flips(reset)
         return self._flips.read(reset) if self._flips is not None else []
+
+    def flip_total(self, param: Tensor) -> Tensor | None:
+        """As :meth:`bopsweep.bnn.optim.CaseOptimizer.flip_total`, one count per member."""
+        return flip_total(self.binary, self._flips, param)
 
     def state_dict(self) -> dict:
         return {

@@ -27,6 +27,7 @@ leaderboard as csv, markdown, MLflow table and terminal table), :mod:`.figures`
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,13 @@ from bopsweep.sweep.report.claims import (
     claims_table,
     section51_claims,
 )
-from bopsweep.sweep.report.figures import CURVE_METRICS, Heatmap, write_figures
+from bopsweep.sweep.report.figures import (
+    CURVE_METRICS,
+    STEP_FLIP_METRIC,
+    Heatmap,
+    curve_panels,
+    write_figures,
+)
 from bopsweep.sweep.report.grid import swept_key_order
 from bopsweep.sweep.report.parent import TABLE_FILE, log_report
 from bopsweep.sweep.report.tables import (
@@ -165,6 +172,32 @@ def load_outcome(
 
 
 # -------------------------------------------------------------------- the report
+def _read_step_series(outcome: SweepOutcome, keys: Sequence[str]) -> None:
+    """The per-step flip series of the trials the curves draw, from their runs (not
+    read with the other histories: hundreds of points per epoch, for a few runs)."""
+    if not any(t.history for t in outcome.trials):
+        return
+    drawn = {
+        id(run): run
+        for panel in curve_panels(outcome, keys)
+        for _, runs in panel.settings
+        for run in runs
+        if run.run_id and STEP_FLIP_METRIC not in run.history
+    }
+    if not drawn:
+        return
+    client = mlflow_client.client(outcome.tracking_uri)
+    try:
+        for run in drawn.values():
+            history = mlflow_client.metric_history(client, run.run_id, STEP_FLIP_METRIC)
+            if history:
+                run.history[STEP_FLIP_METRIC] = history
+    except mlflow_client.unreachable_errors():
+        # The figure then shows the epoch means, as for runs that have no series.
+        for run in drawn.values():
+            run.history.pop(STEP_FLIP_METRIC, None)
+
+
 def render(outcome: SweepOutcome, out_dir: Path, *, log_to_parent: bool) -> ReportResult:
     """Write the report of ``outcome`` to ``out_dir``: ``leaderboard.{csv,md,json}``,
     ``curves.{png,svg}`` and, for a 2-D grid, ``heatmaps.{png,svg}``; with
@@ -193,6 +226,7 @@ def render(outcome: SweepOutcome, out_dir: Path, *, log_to_parent: bool) -> Repo
     for file_name, text in texts.items():
         (out / file_name).write_text(text, encoding="utf-8")
         files.append(out / file_name)
+    _read_step_series(outcome, keys)
     maps, figures = write_figures(outcome, keys, out)
     result = ReportResult(outcome, keys, maps, out, files + figures, claims=claims)
     if log_to_parent:

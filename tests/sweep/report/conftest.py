@@ -18,6 +18,7 @@ THRESHOLDS = [0.0, 1e-6, 1e-5]
 GAMMAS = [1e-2, 1e-3, 1e-4]
 SEEDS = [0, 1]
 EPOCHS = 4
+STEPS = 5  # optimizer steps per epoch of the per-step flip series
 
 
 def epoch_metrics(threshold: float, gamma: float, seed: int, epochs: int) -> list[dict]:
@@ -27,12 +28,18 @@ def epoch_metrics(threshold: float, gamma: float, seed: int, epochs: int) -> lis
     for epoch in range(epochs):
         val = 0.6 + 0.3 * (1 - math.exp(-epoch)) - 5 * gamma - 3e3 * threshold + 0.01 * seed
         ratio = flips / (1 + epoch)
+        # The last layer per step, as the trainer reports it: [step, log ratio] pairs.
+        steps = [
+            [epoch * STEPS + i, math.log(ratio * (0.8 + 0.1 * i) + math.exp(-9))]
+            for i in range(STEPS)
+        ]
         out.append(
             {
                 "train_accuracy": val + 0.02,
                 "val_accuracy": val + 0.001 * (epoch % 2),
                 "flip_ratio": ratio,
                 "log_flip_ratio": math.log(ratio + math.exp(-9)),
+                "log_flip_ratio_last": steps,
                 "epoch": float(epoch),
             }
         )
@@ -82,10 +89,12 @@ class Store:
             },
         )
         now = int(time.time() * 1000)
+        # As the trial's tracker logs them: a list value is a per-step series.
         metrics = [
-            Metric(key, value, now, step)
+            Metric(key, value, now, at)
             for step, row in enumerate(epochs)
-            for key, value in row.items()
+            for key, v in row.items()
+            for at, value in (v if isinstance(v, list) else [(step, v)])
         ]
         self.client.log_batch(
             run.info.run_id,

@@ -94,6 +94,32 @@ def test_figures_exist(grid_report):
     assert "log scale" in svg
 
 
+def test_the_flip_curves_are_the_last_layer_per_step(store, grid_report):
+    """The report reads the per-step series of the runs it draws (and only those):
+    the paper's Figure 1 quantity, x in epochs."""
+    drawn = {
+        id(run)
+        for panel in figures.curve_panels(grid_report.outcome, grid_report.swept_keys)
+        for _, runs in panel.settings
+        for run in runs
+    }
+    for trial in grid_report.outcome.trials:
+        series = trial.history.get(figures.STEP_FLIP_METRIC)
+        if id(trial) not in drawn:
+            assert series is None
+            continue
+        logged = store.client.get_metric_history(trial.run_id, figures.STEP_FLIP_METRIC)
+        assert series == sorted((m.step, m.value) for m in logged)
+        assert len(series) == store.epochs * 5
+    panel = figures.curve_panels(grid_report.outcome, grid_report.swept_keys)[0]
+    _, runs = panel.settings[0]
+    x, mean, _ = figures._step_series(runs)
+    assert x[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and x[-1] == store.epochs
+    first = [dict(run.history[figures.STEP_FLIP_METRIC])[0] for run in runs]
+    assert mean[0] == pytest.approx(statistics.fmean(first))
+    assert "last layer, per step" in (grid_report.out_dir / "curves.svg").read_text()
+
+
 def test_curve_panels_hold_the_paper_values_fixed(store, grid_report):
     panels = figures.curve_panels(grid_report.outcome, grid_report.swept_keys)
     assert [(p.key, p.fixed) for p in panels] == [
