@@ -68,6 +68,7 @@ from bopsweep.sweep.contract import (
     group_result,
 )
 from bopsweep.sweep.mlflow_client import flatten
+from bopsweep.sweep.run_contents import ModelKeeper
 from bopsweep.sweep.tracking import TrialTracker
 from bopsweep.train import Callback, Trainer
 
@@ -177,7 +178,7 @@ class ReportToTune(Callback):
         sweep: SweepContext,
         timings: dict,
         completed: dict[int, dict] | None = None,
-        models: dict[int, tracking.ModelKeeper] | None = None,
+        models: dict[int, ModelKeeper] | None = None,
     ) -> None:
         self.trackers = trackers
         self.group = group
@@ -411,7 +412,7 @@ def run_trial(config: dict[str, Any]) -> None:
         result = group_result(parts, epoch, ranked, sweep.metric, sweep.mode)
         tune.report({**result, **_timing_keys(timings)})
         return
-    models = {k: tracking.ModelKeeper(t, sweep.models, k) for k, t in trackers.items()}
+    models = {k: ModelKeeper(t, sweep.models, k) for k, t in trackers.items()}
     report = ReportToTune(trackers, group, sweep, timings, completed, models)
     timings["setup_s"] = time.perf_counter() - entered
     try:
