@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import serialization
 
-from bopsweep.cli import CHECKPOINT_FILE, _resume_state
 from bopsweep.config import make_train_config
+from bopsweep.local_run import CHECKPOINT_FILE, _resume_state
 from bopsweep.train import Trainer
 
 

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from bopsweep.cli import _print_outcome
+from bopsweep.cli.sweeps import _print_outcome
 from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
 
 

@@ -261,7 +261,7 @@ def test_experiment_name_from_the_environment_overrides_the_spec(tmp_path, monke
     result, heavy = _bopsweep(tmp_path, "run", str(bad))
     _assert_one_line_error(result, "unknown model 'resnet'")
     assert heavy == []
-    from bopsweep.cli import _experiment_override
+    from bopsweep.cli.sweeps import _experiment_override
     from bopsweep.sweep.spec import load_spec
 
     spec = load_spec(QUICKSTART, _experiment_override("2024")).spec

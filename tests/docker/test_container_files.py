@@ -1115,7 +1115,7 @@ def test_docker_env_is_never_sent_to_a_builder(compose_file) -> None:
     root = ignore_patterns(REPO / ".dockerignore")
     for unwanted in ["docker/.env", ".env", ".venv/bin/python", ".git/HEAD", "mlflow.db"]:
         assert dockerignore_excludes(root, unwanted), unwanted
-    for wanted in ["docker/.env.example", "pyproject.toml", "bopsweep/cli.py"]:
+    for wanted in ["docker/.env.example", "pyproject.toml", "bopsweep/cli/__init__.py"]:
         assert not dockerignore_excludes(root, wanted), wanted
 
 

@@ -1,0 +1,5 @@
+"""``python -m bopsweep.cli``: the ``bopsweep`` command."""
+
+from bopsweep.cli import command
+
+command()
