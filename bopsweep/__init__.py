@@ -18,13 +18,14 @@ _LAZY = {
     "Bop": "bopsweep.bnn.optim",
     "Bop2ndOrder": "bopsweep.bnn.optim",
     "Bop2ndOrderUnbiased": "bopsweep.bnn.optim",
-    "CaseOptimizer": "bopsweep.bnn.optim",
+    "CaseOptimizer": "bopsweep.bnn.case",
     "Schedule": "bopsweep.bnn.schedules",
 }
 
 if TYPE_CHECKING:
     __version__: str
-    from bopsweep.bnn.optim import Bop, Bop2ndOrder, Bop2ndOrderUnbiased, CaseOptimizer
+    from bopsweep.bnn.case import CaseOptimizer
+    from bopsweep.bnn.optim import Bop, Bop2ndOrder, Bop2ndOrderUnbiased
     from bopsweep.bnn.schedules import Schedule
 
 __all__ = [

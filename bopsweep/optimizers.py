@@ -3,7 +3,7 @@
 Binary kernels go to Bop (or Adam on latent weights for the baseline), everything
 else to the full-precision optimizer, with the schedules of the hparams expressed in
 optimizer steps. One member (a plain run) gets the plain optimizers of
-:mod:`bopsweep.bnn.optim`; K > 1 members of a fused model get the fused ones of
+:mod:`bopsweep.bnn.optim` and :mod:`bopsweep.bnn.case`; K > 1 members of a fused model get the fused ones of
 :mod:`bopsweep.bnn.fused`, each member with its own rates (bit-identical to K plain
 runs). Nothing here imports Ray or MLflow.
 """
@@ -15,9 +15,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from bopsweep.bnn.case import CaseOptimizer
 from bopsweep.bnn.fused import FusedBop, FusedCaseOptimizer, MemberOptimizers, SharedOptimizer
 from bopsweep.bnn.layers import binary_parameters
-from bopsweep.bnn.optim import Bop, Bop2ndOrder, Bop2ndOrderUnbiased, CaseOptimizer
+from bopsweep.bnn.optim import Bop, Bop2ndOrder, Bop2ndOrderUnbiased
 from bopsweep.config import HParams
 
 PLAIN_BOPS = {"bop": Bop, "bop2": Bop2ndOrder, "bop2_unbiased": Bop2ndOrderUnbiased}

@@ -13,7 +13,7 @@ float16 tensor cores but no bf16 (and no TF32): runs there use fp32. float16's n
 exponent range needs loss scaling, and Bop reads gradient magnitudes: its moving
 average is compared with a threshold, so the gradients must be unscaled before Bop
 steps, and a step whose gradients overflowed skipped for both optimizers of the
-:class:`~bopsweep.bnn.optim.CaseOptimizer`, which ``torch.amp.GradScaler.step`` does
+:class:`~bopsweep.bnn.case.CaseOptimizer`, which ``torch.amp.GradScaler.step`` does
 not accept (it steps one ``torch.optim.Optimizer``). An fp16 precision needs that in
 the training loop (``scaler.scale(loss).backward()``, ``scaler.unscale_`` of each
 optimizer, a skipped step on inf/NaN, ``scaler.update()``) and its scaler's state in

@@ -62,7 +62,7 @@ def test_binary_weights_stay_float32_and_exactly_plus_minus_one(precision):
     # The real-valued parameters (BatchNorm shifts) moved as well.
     assert not torch.equal(trainer.model.bn1.bias, initial["bn1.bias"])
     metrics = trainer.history[-1]
-    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in metrics.values())
 
 
 def test_checkpoints_round_trip_with_channels_last_and_bf16():

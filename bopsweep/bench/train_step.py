@@ -101,7 +101,7 @@ def full_precision_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _trainers(device: torch.device, precision: str):
-    from bopsweep.bnn.optim import CaseOptimizer
+    from bopsweep.bnn.case import CaseOptimizer
     from bopsweep.data import make_synthetic
     from bopsweep.train import Trainer
 

@@ -1,7 +1,7 @@
 """Binarized layers: convolutions and dense layers whose kernels are binary.
 
 A layer marks its own kernel as binary (``binary_kernel=True``); the optimizer
-routing in :mod:`bopsweep.bnn.optim` asks the layers, never the parameter names.
+routing in :mod:`bopsweep.bnn.case` asks the layers, never the parameter names.
 
 Two ways of training a binary kernel are supported, as in the paper:
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from bopsweep.bnn import optim
+from bopsweep.bnn import bop_kernels
 from bopsweep.bnn.optim import Bop2ndOrder, Bop2ndOrderUnbiased
 from bopsweep.bnn.schedules import Schedule
 
@@ -186,7 +186,7 @@ def _run(foreach: bool, seed: int = 0):
 
 @pytest.mark.parametrize("slice_size", [7, 1 << 20])
 def test_foreach_matches_single_tensor_bit_for_bit(monkeypatch, slice_size):
-    monkeypatch.setattr(optim, "_FLIP_SLICE", slice_size)
+    monkeypatch.setattr(bop_kernels, "_FLIP_SLICE", slice_size)
     single_history, single_states, single_flips = _run(foreach=False)
     multi_history, multi_states, multi_flips = _run(foreach=True)
     for single_step, multi_step in zip(single_history, multi_history, strict=True):

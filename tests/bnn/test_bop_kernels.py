@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bopsweep.bnn import optim
+from bopsweep.bnn import bop_kernels
 from bopsweep.bnn.optim import Bop, Bop2ndOrder
 
 
@@ -50,7 +50,7 @@ def _run(cls, foreach: bool, **hparams):
     ],
 )
 def test_sliced_flip_pass_matches_single_tensor(monkeypatch, slice_size, cls, hparams):
-    monkeypatch.setattr(optim, "_FLIP_SLICE", slice_size)
+    monkeypatch.setattr(bop_kernels, "_FLIP_SLICE", slice_size)
     params_s, opt_s, totals_s = _run(cls, foreach=False, **hparams)
     params_f, opt_f, totals_f = _run(cls, foreach=True, **hparams)
     for p_s, p_f in zip(params_s, params_f, strict=True):

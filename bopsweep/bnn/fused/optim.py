@@ -13,7 +13,7 @@
   every member has the same settings (a threshold x gamma grid): elementwise the
   same update, in one pass.
 * :class:`FusedCaseOptimizer`: the one optimizer object the fused loop steps, as
-  :class:`~bopsweep.bnn.optim.CaseOptimizer` is for one model, with per-member
+  :class:`~bopsweep.bnn.case.CaseOptimizer` is for one model, with per-member
   learning-rate schedules, flip counts and freezing (a member that diverged stops
   moving while the others go on).
 """
@@ -27,19 +27,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from bopsweep.bnn.bop_kernels import _BOP2_EPS, _flat, bop, bop2
+from bopsweep.bnn.case import SignFlipCounter, flip_total
 from bopsweep.bnn.fused.layers import FusedModel, member_view
 from bopsweep.bnn.metrics import log_flip_ratio
-from bopsweep.bnn.optim import (
-    _BOP2_EPS,
-    Bop,
-    SignFlipCounter,
-    _check_rate,
-    _check_threshold,
-    _flat,
-    bop,
-    bop2,
-    flip_total,
-)
+from bopsweep.bnn.optim import Bop, _check_rate, _check_threshold
 from bopsweep.bnn.schedules import Schedule, as_schedule
 
 __all__ = [
@@ -466,7 +458,7 @@ class FusedCaseOptimizer:
         return self._flips.read(reset) if self._flips is not None else []
 
     def flip_total(self, param: Tensor) -> Tensor | None:
-        """As :meth:`bopsweep.bnn.optim.CaseOptimizer.flip_total`, one count per member."""
+        """As :meth:`bopsweep.bnn.case.CaseOptimizer.flip_total`, one count per member."""
         return flip_total(self.binary, self._flips, param)
 
     def state_dict(self) -> dict:
