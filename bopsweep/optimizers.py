@@ -3,9 +3,9 @@
 Binary kernels go to Bop (or Adam on latent weights for the baseline), everything
 else to the full-precision optimizer, with the schedules of the hparams expressed in
 optimizer steps. One member (a plain run) gets the plain optimizers of
-:mod:`bopsweep.bnn.optim` and :mod:`bopsweep.bnn.case`; K > 1 members of a fused model get the fused ones of
-:mod:`bopsweep.bnn.fused`, each member with its own rates (bit-identical to K plain
-runs). Nothing here imports Ray or MLflow.
+:mod:`bopsweep.bnn.optim` and :mod:`bopsweep.bnn.case`; K > 1 members of a fused
+model get the fused ones of :mod:`bopsweep.bnn.fused`, each member with its own
+rates (bit-identical to K plain runs). Nothing here imports Ray or MLflow.
 """
 
 from __future__ import annotations

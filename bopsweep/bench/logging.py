@@ -96,7 +96,7 @@ class _LogEachEpoch(Callback):
 
 
 def measure(context: Context) -> dict[str, Any]:
-    from bopsweep.sweep import mlflow_client, tracking
+    from bopsweep.sweep import mlflow_runs, tracking
     from bopsweep.sweep.spec import load_spec
     from bopsweep.train import Trainer
 
@@ -114,7 +114,7 @@ def measure(context: Context) -> dict[str, Any]:
             uri = f"sqlite:///{workdir / 'log-mlflow.db'}"
             backend = "sqlite URI (no server: --quick)"
         server_start_s = time.perf_counter() - server_started
-        exp_id, parent = mlflow_client.start_parent_run(
+        exp_id, parent = mlflow_runs.start_parent_run(
             uri, "bopsweep-bench", "logging", tags={}, params={}, artifacts={}
         )
         # The same training without and with live logging, alternating so that

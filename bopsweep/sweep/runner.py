@@ -29,7 +29,7 @@ from typing import Any
 
 from bopsweep import __version__
 from bopsweep.errors import UserError
-from bopsweep.sweep import logs, mlflow_client, ray_backend
+from bopsweep.sweep import logs, mlflow_client, mlflow_runs, ray_backend
 from bopsweep.sweep.contract import (
     MEMBER_ERROR_KEY,
     MEMBER_STATUS_KEY,
@@ -113,7 +113,7 @@ def open_parent_run(plan: SweepPlan) -> SweepOutcome:
         }
         tags.update(mlflow_client.source_tags(plan.loaded.path))
         resolved_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-        exp_id, parent_id = mlflow_client.start_parent_run(
+        exp_id, parent_id = mlflow_runs.start_parent_run(
             uri,
             spec.experiment,
             spec.name,
@@ -280,9 +280,7 @@ def settle(
         from bopsweep.sweep.report import HISTORY_METRICS
 
         metrics = (outcome.metric, *HISTORY_METRICS)
-        mlflow_client.settle_runs(
-            outcome, wanted, {**errors, **user_errors}, metrics, stopped_early
-        )
+        mlflow_runs.settle_runs(outcome, wanted, {**errors, **user_errors}, metrics, stopped_early)
         if outcome.ended_early:
             # Trials the sweep's end left unstarted were never run: not trials at all.
             outcome.trials = [t for t in outcome.trials if t.run_id is not None]
@@ -297,7 +295,7 @@ def settle(
 
             with contextlib.suppress(UserError):  # the server went away meanwhile
                 if upload_missing(plan.folder, outcome, {t.index for t in short}):
-                    mlflow_client.settle_runs(
+                    mlflow_runs.settle_runs(
                         outcome, wanted, {**errors, **user_errors}, metrics, stopped_early
                     )
                     short = short_trials(outcome, reported)
@@ -308,9 +306,9 @@ def settle(
                 f"{len(short)} of {len(outcome.trials)} trials could not log all their "
                 "epochs from where they ran"
             )
-        mlflow_client.finish_parent(outcome)
+        mlflow_runs.finish_parent(outcome)
         if plan.spec.tracking.register_model:
-            mlflow_client.register_best_model(outcome, plan.spec.tracking.register_model)
+            mlflow_runs.register_best_model(outcome, plan.spec.tracking.register_model)
     except mlflow_client.unreachable_errors() as error:
         # Nothing is lost: every epoch is in the trials' local results.
         outcome.tracking_error = f"{type(error).__name__}: {str(error)[:300]}"

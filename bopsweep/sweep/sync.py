@@ -22,7 +22,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from bopsweep.config import TrainConfig
 from bopsweep.errors import UserError
-from bopsweep.sweep import mlflow_client
+from bopsweep.sweep import mlflow_client, mlflow_runs
 from bopsweep.sweep.contract import (
     MEMBER_ERROR_KEY,
     MEMBER_STATUS_KEY,
@@ -189,8 +189,8 @@ def sync_sweep(name: str, storage: str, tracking_uri: str | None = None) -> Sync
     from bopsweep.sweep.report import HISTORY_METRICS, render
 
     outcome.interrupted = any(status == "KILLED" for status in wanted.values())
-    mlflow_client.settle_runs(outcome, wanted, errors, (outcome.metric, *HISTORY_METRICS))
-    mlflow_client.finish_parent(outcome)
+    mlflow_runs.settle_runs(outcome, wanted, errors, (outcome.metric, *HISTORY_METRICS))
+    mlflow_runs.finish_parent(outcome)
     if outcome.trials:
         # A URI's report goes to the parent run only (drawn in a temporary folder).
         out_dir = folder.local / "report" if folder.local is not None else None

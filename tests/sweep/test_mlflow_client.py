@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from bopsweep.sweep import mlflow_client
+from bopsweep.sweep import mlflow_client, mlflow_runs
 from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
 from bopsweep.sweep.tracking import TrialTracker
 
@@ -22,15 +22,15 @@ def store(tmp_path_factory) -> str:
 
 def test_experiments_open_on_the_training_runs_view(store):
     client = mlflow_client.client(store)
-    created = mlflow_client.experiment_id(client, "new")
+    created = mlflow_runs.experiment_id(client, "new")
     assert client.get_experiment(created).tags["mlflow.experimentKind"] == (
         "custom_model_development"
     )
     # An existing experiment without a kind gets it; a kind the user chose stays.
     older = client.create_experiment("older")
     chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "finetuning"})
-    mlflow_client.experiment_id(client, "older")
-    mlflow_client.experiment_id(client, "chosen")
+    mlflow_runs.experiment_id(client, "older")
+    mlflow_runs.experiment_id(client, "chosen")
     assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
     assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "finetuning"
 
@@ -78,7 +78,7 @@ def test_source_tags_name_the_spec_its_user_and_its_commit(tmp_path):
 
 
 def test_settling_tags_trials_the_scheduler_stopped(store):
-    exp_id, parent = mlflow_client.start_parent_run(
+    exp_id, parent = mlflow_runs.start_parent_run(
         store, "settle", "sweep", tags={}, params={}, artifacts={}
     )
     for index, epochs in ((0, 4), (1, 1)):
@@ -90,11 +90,11 @@ def test_settling_tags_trials_the_scheduler_stopped(store):
     outcome = SweepOutcome("sweep", "val_accuracy", "max", store, exp_id, parent)
     outcome.trials = [TrialOutcome(0, {}, epochs_total=4), TrialOutcome(1, {}, epochs_total=4)]
     wanted = {0: "FINISHED", 1: "FINISHED"}
-    mlflow_client.settle_runs(outcome, wanted, {}, ["val_accuracy"], stopped_early={1})
+    mlflow_runs.settle_runs(outcome, wanted, {}, ["val_accuracy"], stopped_early={1})
     runs = {t.index: mlflow_client.client(store).get_run(t.run_id) for t in outcome.trials}
     assert {i: r.info.status for i, r in runs.items()} == {0: "FINISHED", 1: "FINISHED"}
-    assert mlflow_client.STOPPED_EARLY_TAG not in runs[0].data.tags
-    assert runs[1].data.tags[mlflow_client.STOPPED_EARLY_TAG] == "true"
+    assert mlflow_runs.STOPPED_EARLY_TAG not in runs[0].data.tags
+    assert runs[1].data.tags[mlflow_runs.STOPPED_EARLY_TAG] == "true"
 
 
 def _experiments(path) -> list[tuple]:
@@ -116,7 +116,7 @@ def test_new_stores_start_from_an_empty_template(tmp_path, monkeypatch):
         monkeypatch.chdir(folder)
         uri = f"sqlite:///{folder / 'mlflow.db'}"
         client = mlflow_client.client(uri)
-        run = client.create_run(mlflow_client.experiment_id(client, "sweep"))
+        run = client.create_run(mlflow_runs.experiment_id(client, "sweep"))
         client.log_metric(run.info.run_id, "loss", 0.5)
         # MLflow's Default experiment, made when the copy was opened: its artifacts
         # go where a store built here would put them.
@@ -131,7 +131,7 @@ def test_an_existing_store_is_never_replaced(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow_client.client(uri)
-    exp = mlflow_client.experiment_id(client, "kept")
+    exp = mlflow_runs.experiment_id(client, "kept")
     mlflow_client.seed_sqlite_store(uri)
     assert mlflow_client.client(uri).get_experiment(exp).name == "kept"
 
@@ -142,7 +142,7 @@ def test_a_store_is_built_by_mlflow_when_the_cache_cannot_be_written(tmp_path, m
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow_client.client(uri)
-    assert client.get_experiment(mlflow_client.experiment_id(client, "x")).name == "x"
+    assert client.get_experiment(mlflow_runs.experiment_id(client, "x")).name == "x"
 
 
 def test_servers_start_without_the_job_executor_unless_asked(monkeypatch):

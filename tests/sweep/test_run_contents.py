@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bopsweep.sweep import mlflow_client
+from bopsweep.sweep import mlflow_client, mlflow_runs
 from bopsweep.sweep.run_contents import ModelKeeper
 from bopsweep.sweep.tracking import TrialTracker
 
@@ -21,7 +21,7 @@ def store(tmp_path) -> str:
 
 
 def _parent(uri: str) -> tuple[str, str]:
-    return mlflow_client.start_parent_run(
+    return mlflow_runs.start_parent_run(
         uri, "models-test", "sweep", tags={}, params={}, artifacts={}
     )
 

@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from bopsweep.sweep import mlflow_client, tracking
+from bopsweep.sweep import mlflow_client, mlflow_runs, tracking
 from bopsweep.sweep.contract import SweepContext
 from tests.e2e.conftest import free_port
 
 
 def _parent(uri: str) -> tuple[str, str]:
-    return mlflow_client.start_parent_run(
+    return mlflow_runs.start_parent_run(
         uri, "tracker-test", "sweep", tags={}, params={}, artifacts={}
     )
 
@@ -87,7 +87,7 @@ def test_a_resumed_trial_sends_only_the_steps_the_run_lacks(store):
     assert again.finish("FINISHED")
     history = mlflow_client.client(store).get_metric_history(again.run_id, "loss")
     assert [m.step for m in history] == list(range(7))
-    runs = mlflow_client.child_runs(mlflow_client.client(store), exp_id, parent)
+    runs = mlflow_runs.child_runs(mlflow_client.client(store), exp_id, parent)
     assert len(runs) == 1
 
 

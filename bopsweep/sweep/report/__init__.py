@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bopsweep.errors import UserError
-from bopsweep.sweep import mlflow_client
+from bopsweep.sweep import mlflow_client, mlflow_runs
 from bopsweep.sweep.outcome import FLIP_METRIC, SweepOutcome
 from bopsweep.sweep.report.claims import (
     CLAIMS_FILE,
@@ -154,10 +154,10 @@ def load_outcome(
     if parent_run_id is not None:
         parent = client.get_run(parent_run_id)
     else:
-        parent = mlflow_client.find_parent_run(client, target.name, target.experiment, tracking_uri)
+        parent = mlflow_runs.find_parent_run(client, target.name, target.experiment, tracking_uri)
     metric, mode = _parent_metric(parent, target.metric)
     experiment_id, parent_run_id = parent.info.experiment_id, parent.info.run_id
-    trials = mlflow_client.load_trials(
+    trials = mlflow_runs.load_trials(
         client, experiment_id, parent_run_id, (metric, *HISTORY_METRICS)
     )
     return SweepOutcome(
@@ -189,7 +189,7 @@ def _read_step_series(outcome: SweepOutcome, keys: Sequence[str]) -> None:
     client = mlflow_client.client(outcome.tracking_uri)
     try:
         for run in drawn.values():
-            history = mlflow_client.metric_history(client, run.run_id, STEP_FLIP_METRIC)
+            history = mlflow_runs.metric_history(client, run.run_id, STEP_FLIP_METRIC)
             if history:
                 run.history[STEP_FLIP_METRIC] = history
     except mlflow_client.unreachable_errors():

@@ -7,7 +7,7 @@ under ``report/``, the table is registered once in ``mlflow.loggedArtifacts``, a
 the best trial's figures (and the section 5.1 findings' figures and verdicts) are
 logged only when they changed. Those figures are
 :meth:`SweepOutcome.summary_metrics`, the same names and values that
-:func:`~bopsweep.sweep.mlflow_client.finish_parent` logs at the end of a sweep.
+:func:`~bopsweep.sweep.mlflow_runs.finish_parent` logs at the end of a sweep.
 """
 
 from __future__ import annotations
