@@ -19,7 +19,7 @@ from bopsweep.bnn.case import CaseOptimizer
 from bopsweep.bnn.fused import FusedBop, FusedCaseOptimizer, MemberOptimizers, SharedOptimizer
 from bopsweep.bnn.layers import binary_parameters
 from bopsweep.bnn.optim import Bop, Bop2ndOrder, Bop2ndOrderUnbiased
-from bopsweep.config import HParams
+from bopsweep.hparams import HParams
 
 PLAIN_BOPS = {"bop": Bop, "bop2": Bop2ndOrder, "bop2_unbiased": Bop2ndOrderUnbiased}
 

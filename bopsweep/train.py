@@ -47,15 +47,21 @@ from bopsweep.bnn.fused import (
     member_state_dict,
     member_view,
 )
-from bopsweep.bnn.fused.optim import member_flip_metrics
 from bopsweep.bnn.layers import binary_layers, use_latent_weights
-from bopsweep.bnn.metrics import TOP5, flip_metrics, log_flip_ratio, topk_correct
+from bopsweep.bnn.metrics import (
+    TOP5,
+    flip_metrics,
+    member_flip_metrics,
+    step_flip_series,
+    topk_correct,
+)
 from bopsweep.bnn.models import build_model
 from bopsweep.bnn.optim import Bop
-from bopsweep.config import FUSABLE_OPTIMIZERS, MEMBER_HPARAMS, HParams, TrainConfig, fusion_key
+from bopsweep.config import FUSABLE_OPTIMIZERS, MEMBER_HPARAMS, TrainConfig, fusion_key
 from bopsweep.data import Dataset, load_dataset
 from bopsweep.device import enable_tf32
 from bopsweep.errors import TrainingDiverged, UserError
+from bopsweep.hparams import HParams
 from bopsweep.optimizers import build_optimizer
 from bopsweep.precision import resolve_precision
 
@@ -403,25 +409,13 @@ class Trainer:
         return [{**v, **t} for v, t in zip(val, test, strict=True)]
 
     def _step_flip_series(self) -> list[list[list[float]]] | None:
-        """Each member's ``[step, log flip ratio]`` pairs of the last binary layer over
-        the epoch just trained (read before :meth:`_flip_metrics` resets the counts)."""
+        """Each member's per-step series of the last binary layer over the epoch just
+        trained (read before :meth:`_flip_metrics` resets the counts)."""
         if not self._step_flips:
             return None
-        running = torch.stack(self._step_flips).to("cpu", torch.float64)
-        running = running.reshape(len(self._step_flips), -1)  # [steps, members]
-        counts = torch.diff(running, dim=0, prepend=torch.zeros_like(running[:1]))
-        ratios = counts / (self.last_binary.numel() // self.members)
-        steps = len(ratios)
-        window = -(-steps // STEP_POINTS)  # ceil
-        # The optimizer's step count at each window's last step.
-        first = self.optimizer.step_count - steps
-        series: list[list[list[float]]] = [[] for _ in range(self.members)]
-        for start in range(0, steps, window):
-            means = ratios[start : start + window].mean(0).tolist()
-            step = first + min(start + window, steps) - 1
-            for k, mean in enumerate(means):
-                series[k].append([step, log_flip_ratio(mean)])
-        return series
+        weights = self.last_binary.numel() // self.members
+        last_step = self.optimizer.step_count - 1
+        return step_flip_series(self._step_flips, weights, last_step, STEP_POINTS)
 
     def _flip_metrics(self) -> list[dict[str, float]]:
         flips = self.optimizer.read_flips()

@@ -5,17 +5,16 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from bopsweep.config import (
+from bopsweep.config import TrainConfig, make_train_config
+from bopsweep.errors import UserError
+from bopsweep.hparams import (
     HPARAM_KEYS,
     HPARAM_SETS,
     ORIGINAL_NAMES,
     HParams,
-    TrainConfig,
-    make_train_config,
     parse_hparams,
     resolve_hparams,
 )
-from bopsweep.errors import UserError
 
 # ----------------------------------------------------------------- parse_hparams
 

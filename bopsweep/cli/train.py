@@ -61,7 +61,8 @@ def train(
     Example: bopsweep train binarynet --dataset cifar10 --preprocess-fn resize_and_flip
     --hparams-set bop --hparams threshold=1e-6,gamma=1e-3
     """
-    from bopsweep.config import make_train_config, parse_hparams
+    from bopsweep.config import make_train_config
+    from bopsweep.hparams import parse_hparams
 
     config = make_train_config(
         model=model,

@@ -13,7 +13,7 @@ from bopsweep.bnn.layers import binary_parameters
 from bopsweep.bnn.models import build_model
 from bopsweep.bnn.optim import Bop, Bop2ndOrder, Bop2ndOrderUnbiased
 from bopsweep.bnn.schedules import Schedule
-from bopsweep.config import HParams
+from bopsweep.hparams import HParams
 from bopsweep.train import build_optimizer
 from tests.bnn.test_optim import (
     _assert_same_state,

@@ -20,7 +20,7 @@ import yaml
 
 from bopsweep.errors import UserError
 from bopsweep.sweep.spec import SpecLoader, expand, load_spec, max_epochs, stopping_summary
-from bopsweep.sweep.spec.schema import asha_rungs
+from bopsweep.sweep.spec.stopping import asha_rungs
 
 CORPUS = Path(__file__).parent / "specs_corpus"
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,7 +29,6 @@ from torch.optim import Optimizer
 from bopsweep.bnn.bop_kernels import _BOP2_EPS, _flat, bop, bop2
 from bopsweep.bnn.case import SignFlipCounter, flip_total
 from bopsweep.bnn.fused.layers import FusedModel, member_view
-from bopsweep.bnn.metrics import log_flip_ratio
 from bopsweep.bnn.optim import Bop, _check_rate, _check_threshold
 from bopsweep.bnn.schedules import Schedule, as_schedule
 
@@ -39,7 +37,6 @@ __all__ = [
     "FusedCaseOptimizer",
     "MemberOptimizers",
     "SharedOptimizer",
-    "member_flip_metrics",
 ]
 
 Rates = Sequence[float | Schedule]
@@ -476,27 +473,3 @@ class FusedCaseOptimizer:
         self.step_count = state["step_count"]
         for member in state.get("frozen", []):
             self.freeze(member)
-
-
-def member_flip_metrics(
-    flips: list[tuple[Tensor, Tensor, int]], layer_names: dict[Tensor, str], members: int
-) -> list[dict[str, float]]:
-    """:func:`~bopsweep.bnn.metrics.flip_metrics` per member, with one host sync:
-    the same keys (``flip_ratio``, ``log_flip_ratio``, ``flip_ratio/<layer>``)."""
-    out: list[dict[str, float]] = [{} for _ in range(members)]
-    if not flips:
-        return out
-    totals = torch.stack([total.to("cpu", torch.float64) for _, total, _ in flips]).tolist()
-    flipped = [0.0] * members
-    weighed = [0.0] * members
-    for (param, _, steps), member_totals in zip(flips, totals, strict=True):
-        weight_steps = param.numel() // members * steps
-        for k, total in enumerate(member_totals):
-            out[k][f"flip_ratio/{layer_names[param]}"] = total / weight_steps
-            flipped[k] += total
-            weighed[k] += weight_steps
-    for k in range(members):
-        ratio = flipped[k] / weighed[k] if weighed[k] else math.nan
-        out[k]["flip_ratio"] = ratio
-        out[k]["log_flip_ratio"] = log_flip_ratio(ratio)
-    return out

@@ -29,6 +29,7 @@ from bopsweep.sweep.spec.expansion import (
     planned,
     searched,
 )
+from bopsweep.sweep.spec.json_schema import SCHEMA_FILE, json_schema, json_schema_text
 from bopsweep.sweep.spec.loading import (
     MAX_SPEC_BYTES,
     MAX_YAML_NODES,
@@ -38,25 +39,25 @@ from bopsweep.sweep.spec.loading import (
     load_spec,
     parse_override,
 )
-from bopsweep.sweep.spec.parameters import DISTRIBUTIONS, RAY_FORMS, ParameterSpec
+from bopsweep.sweep.spec.parameters import ParameterSpec
 from bopsweep.sweep.spec.schema import (
     EPOCH_METRICS,
     GOALS,
-    SCHEMA_FILE,
     CheckpointSpec,
-    EarlyTerminateSpec,
     MetricSpec,
     ResourcesSpec,
-    SchedulerSpec,
     SweepSpec,
     TrackingSpec,
     Trial,
+)
+from bopsweep.sweep.spec.stopping import (
+    EarlyTerminateSpec,
+    SchedulerSpec,
     WandbHyperbandSpec,
-    json_schema,
-    json_schema_text,
     stopping_summary,
     wandb_cut_points,
 )
+from bopsweep.sweep.spec.vocabulary import DISTRIBUTIONS, RAY_FORMS
 
 __all__ = [
     "DISTRIBUTIONS",

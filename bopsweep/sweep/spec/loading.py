@@ -31,27 +31,21 @@ from bopsweep.sweep.spec.expansion import (
     planned,
     probe_values,
 )
-from bopsweep.sweep.spec.parameters import (
-    PARAMETER_KEYS,
-    ParameterSpec,
-    nested_block,
-    read_parameter,
-)
+from bopsweep.sweep.spec.forms import WANDB_IGNORED, name_from, read_spec_forms
+from bopsweep.sweep.spec.parameters import ParameterSpec, nested_block
 from bopsweep.sweep.spec.schema import (
-    WANDB_IGNORED,
     MetricSpec,
     SpecProblems,
     SweepSpec,
     cross_problems,
-    name_from,
-    read_spec_forms,
     swept_keys,
 )
+from bopsweep.sweep.spec.vocabulary import PARAMETER_KEYS, read_parameter
+from bopsweep.sweep.spec.yaml_lines import MAX_YAML_NODES, count_nodes, line_of
 
 # Limits that keep a hostile or mistyped spec from exhausting the machine before
-# anything starts: an alias "billion laughs" and specs nobody means to write.
+# anything starts (with MAX_YAML_NODES): specs nobody means to write.
 MAX_SPEC_BYTES = 1_000_000
-MAX_YAML_NODES = 100_000
 # Trial-level problems shown at most (the rest are like them).
 MAX_TRIAL_PROBLEMS = 5
 
@@ -101,88 +95,6 @@ def canonical_dump(spec: SweepSpec) -> dict[str, Any]:
                 if param.get(key) is not None:
                     param[key] = float(param[key])
     return dump
-
-
-# -------------------------------------------------------------------- lines
-def _count_nodes(node: yaml.Node, budget: list[int]) -> None:
-    # Aliases share nodes in the graph; counting them as expanded is what a consumer
-    # walking the data would pay, so that is what is limited.
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise UserError(
-            f"YAML too large once aliases are expanded (over {MAX_YAML_NODES} nodes): "
-            "refusing a possible alias bomb"
-        )
-    if isinstance(node, yaml.SequenceNode):
-        for child in node.value:
-            _count_nodes(child, budget)
-    elif isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            _count_nodes(key, budget)
-            _count_nodes(value, budget)
-
-
-def _child(node: yaml.Node, key: str) -> yaml.Node | None:
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    for k, v in node.value:
-        if getattr(k, "value", None) == key:
-            return v
-    return None
-
-
-def _parameter_node(node: yaml.Node, name: str) -> yaml.Node | None:
-    """``name`` (dotted) under a ``parameters`` mapping: as a key, or through nested
-    blocks (W&B's ``parameters:``, Ray Tune's dicts)."""
-    direct = _child(node, name)
-    if direct is not None:
-        return direct
-    parts = name.split(".")
-    for cut in range(1, len(parts)):
-        head = _child(node, ".".join(parts[:cut]))
-        if head is None:
-            continue
-        inner = _child(head, "parameters") or head
-        found = _parameter_node(inner, ".".join(parts[cut:]))
-        if found is not None:
-            return found
-    return None
-
-
-# Where a problem about a key that is not in the file is shown instead.
-_FALLBACK = {
-    "num_samples": ("method", "parameters"),
-    "method": ("parameters",),
-    "mode": ("metric",),
-}
-
-
-def line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The line of the deepest node of ``loc`` found in the file."""
-    if root is None:
-        return None
-    node, line = root, None
-    for i, part in enumerate(loc):
-        if isinstance(node, yaml.MappingNode):
-            child = _child(node, str(part))
-            if child is None and i > 0 and loc[i - 1] == "parameters":
-                child = _parameter_node(node, str(part))
-            if child is None:
-                if i == 0:
-                    for other in _FALLBACK.get(str(part), ()):
-                        found = line_of(root, (other,))
-                        if found:
-                            return found
-                break
-            node = child
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                break
-            node = node.value[part]
-        else:
-            break
-        line = node.start_mark.line + 1
-    return line
 
 
 @dataclass(frozen=True, order=True)
@@ -459,7 +371,7 @@ def _read_yaml(path: Path) -> tuple[str, yaml.Node | None, Any]:
     try:
         root = yaml.compose(text, Loader=SpecLoader)
         if root is not None:
-            _count_nodes(root, [MAX_YAML_NODES])
+            count_nodes(root, [MAX_YAML_NODES])
         raw = yaml.load(text, Loader=SpecLoader)  # a SafeLoader: no object construction
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark

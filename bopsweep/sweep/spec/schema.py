@@ -4,14 +4,14 @@
 ``run_cap``, ``early_terminate``, ``metric.goal``, nested ``parameters``; its agent
 settings ``program``, ``command``, ``entity``, ``controller`` are accepted and not
 used) and Ray Tune's (``metric: NAME`` with ``mode``, ``num_samples``, its search
-space functions). :func:`read_spec_forms` rewrites the other tools' places into
-bopsweep's before validation, so the rest of the code sees one shape.
+space functions). :mod:`~bopsweep.sweep.spec.forms` rewrites the other tools'
+places into bopsweep's before validation, so the rest of the code sees one shape.
 
 Checks that need several keys at once (the method against each parameter, a count
 for a random search) are :func:`cross_problems`, written to run on a valid model
 and, piece by piece, on a spec whose other parts failed: every problem of a spec is
 reported in one run. The JSON Schema editors use is generated from the same model
-(:func:`json_schema`).
+(:mod:`~bopsweep.sweep.spec.json_schema`).
 """
 
 from __future__ import annotations
@@ -24,27 +24,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from bopsweep.config import HPARAM_KEYS, TrainConfig
-from bopsweep.sweep.spec.parameters import (
-    RAY_FORMS,
-    UNBOUNDED,
-    ParameterSpec,
-    flatten_parameters,
-    is_sampled,
-)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+from bopsweep.config import TrainConfig
+from bopsweep.hparams import HPARAM_KEYS
+from bopsweep.sweep.spec.forms import name_from, read_spec_forms
+from bopsweep.sweep.spec.parameters import ParameterSpec, StrictModel
+from bopsweep.sweep.spec.stopping import EarlyTerminateSpec, SchedulerSpec, WandbHyperbandSpec
+from bopsweep.sweep.spec.vocabulary import UNBOUNDED
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -112,7 +103,7 @@ def _direction_hint(name: str) -> str:
     return ""
 
 
-class MetricSpec(_Strict):
+class MetricSpec(StrictModel):
     """The metric trials are ranked by (W&B's ``metric``; Ray Tune's ``metric`` and
     ``mode``). A named metric needs its direction: W&B minimizes by default, Ray
     Tune has none and bopsweep maximized, so a spec that leaves it out is refused."""
@@ -170,157 +161,13 @@ class MetricSpec(_Strict):
         return value >= self.target if self.mode == "max" else value <= self.target
 
 
-# ---------------------------------------------------------------- early stopping
-class SchedulerSpec(_Strict):
-    """Early stopping of poor trials, in epochs: ``asha`` (asynchronous successive
-    halving), ``hyperband`` (synchronous HyperBand: pauses and resumes trials),
-    ``median`` (median stopping rule) or ``fifo`` (none)."""
-
-    type: Literal["asha", "hyperband", "median", "fifo"] = "asha"
-    grace_period: int = Field(
-        1, gt=0, description="asha, median: epochs before a trial may be stopped"
-    )
-    reduction_factor: float = Field(2.0, gt=1, description="asha, hyperband: eta")
-    brackets: int = Field(1, gt=0, description="asha: brackets")
-    max_t: int | None = Field(None, gt=0, description="asha, hyperband: at most this many epochs")
-    min_samples_required: int = Field(
-        3, gt=0, description="median: trials that must report before one is stopped"
-    )
-
-
-# W&B computes up to 100 cut points from min_iter; none beyond this many epochs matters.
-MAX_CUT_POINT = 1_000_000
-
-
-def wandb_cut_points(
-    min_iter: int | None, max_iter: int | None, s: int | None, eta: float
-) -> list[int]:
-    """The epochs at which W&B's hyperband compares runs (its "bands"), computed and
-    rounded as wandb/sweeps ``hyperband_stopping.py`` does: from ``max_iter``,
-    ``int(max_iter / eta**k)`` for k = 1..s (those >= 1); else ``int(min_iter *
-    eta**k)`` for k = 0, 1, ... ``max_iter`` wins when both are given."""
-    bands: list[int] = []
-    if max_iter is not None:
-        band: float = max_iter
-        for _ in range(s or 0):
-            band /= eta
-            if band < 1:
-                break
-            bands.append(int(band))
-    elif min_iter is not None:
-        band = min_iter
-        for _ in range(100):
-            bands.append(int(band))
-            band *= eta
-    return sorted({b for b in bands if b <= MAX_CUT_POINT})
-
-
-class WandbHyperbandSpec(_Strict):
-    """W&B's hyperband stopping as bopsweep runs it (:mod:`bopsweep.sweep.hyperband`):
-    at each cut point, the runs' metric there; a trial past a cut point whose value
-    (strict: at the cut point; else its best so far) is behind the best ``1/eta`` of
-    them stops."""
-
-    type: Literal["wandb_hyperband"] = "wandb_hyperband"
-    cut_points: list[int]
-    eta: float
-    strict: bool
-
-
-class EarlyTerminateSpec(_Strict):
-    """W&B's ``early_terminate``: its hyperband stopping, with its meaning of every key
-    (wandb/sweeps ``hyperband_stopping.py``): cut points at ``min_iter * eta**k``, or
-    ``s`` of them below ``max_iter`` (``max_iter / eta**k``), rounded down."""
-
-    type: Literal["hyperband"]
-    min_iter: int | None = Field(None, ge=1, description="the first cut point, in epochs")
-    max_iter: int | None = Field(
-        None, gt=0, description="with s: the cut points are max_iter / eta^k, k = 1..s"
-    )
-    s: int | None = Field(None, gt=0, description="with max_iter: the number of cut points")
-    eta: float = Field(3.0, gt=1, description="cut point multiplier; the best 1/eta go on")
-    strict: bool = Field(
-        True,
-        description="compare a trial's value at the cut point (W&B's default since 2024), "
-        "not its best so far",
-    )
-
-    @model_validator(mode="after")
-    def _cut_points(self) -> EarlyTerminateSpec:
-        if self.max_iter is not None and self.s is None:
-            raise ValueError("max_iter needs s, the number of cut points below it (W&B's rule)")
-        if self.max_iter is None and self.min_iter is None:
-            raise ValueError("hyperband needs min_iter (or max_iter with s)")
-        if not self.cut_points:
-            raise ValueError(
-                f"no cut point: max_iter {self.max_iter} / eta {self.eta:g} is below 1. "
-                "Try increasing s, decreasing eta, or increasing min_iter (W&B's advice)"
-            )
-        return self
-
-    @property
-    def cut_points(self) -> list[int]:
-        return wandb_cut_points(self.min_iter, self.max_iter, self.s, self.eta)
-
-    def as_scheduler(self) -> WandbHyperbandSpec:
-        return WandbHyperbandSpec(cut_points=self.cut_points, eta=self.eta, strict=self.strict)
-
-
-def asha_rungs(stopping: SchedulerSpec, max_t: int) -> list[int]:
-    """The epochs at which Ray Tune's ASHA (first bracket) may stop a trial: its
-    milestones ``grace_period * reduction_factor**k`` below ``max_t``, each reached
-    once a trial has trained that many epochs."""
-    grace, factor = stopping.grace_period, stopping.reduction_factor
-    if max_t < grace:
-        return []
-    count = int(math.log(max_t / grace) / math.log(factor) + 1)
-    milestones = (grace * factor**k for k in range(count))
-    return sorted({math.ceil(m) for m in milestones if m < max_t})
-
-
-def stopping_summary(
-    stopping: SchedulerSpec | WandbHyperbandSpec | None, epochs: int
-) -> str | None:
-    """How ``plan`` says when trials of at most ``epochs`` epochs may be stopped."""
-    if stopping is None or stopping.type == "fifo":
-        return None
-    if isinstance(stopping, WandbHyperbandSpec):
-        points = [p for p in stopping.cut_points if p < epochs]
-        head = f"early stopping: W&B's hyperband (eta {stopping.eta:g}"
-        head += ", strict)" if stopping.strict else ")"
-        if not points:
-            return f"{head}: no cut point below the trials' {epochs} epochs, none is stopped"
-        value = "value at its last cut point" if stopping.strict else "best value so far"
-        return (
-            f"{head}: trials compared at epochs {', '.join(map(str, points))} (of {epochs}); "
-            f"after each epoch from epoch {points[0]} on, a trial whose {value} is behind "
-            f"the best 1/{stopping.eta:g} at that cut point is stopped"
-        )
-    if stopping.type == "asha":
-        max_t = stopping.max_t or epochs
-        rungs = asha_rungs(stopping, min(max_t, epochs))
-        where = f"at epochs {', '.join(map(str, rungs))}" if rungs else "at no epoch (grace_period)"
-        brackets = f", {stopping.brackets} brackets" if stopping.brackets > 1 else ""
-        return (
-            f"early stopping: asha{brackets}: a trial behind the best "
-            f"1/{stopping.reduction_factor:g} may be stopped {where}"
-            + (f"; trials end at max_t {max_t}" if max_t < epochs else "")
-        )
-    if stopping.type == "median":
-        return (
-            f"early stopping: median: from epoch {stopping.grace_period} on, any epoch "
-            f"(once {stopping.min_samples_required} trials reported)"
-        )
-    return f"early stopping: {stopping.type} (Ray Tune's synchronous HyperBand: pauses trials)"
-
-
 # ----------------------------------------------------------------- the rest of it
-class ResourcesSpec(_Strict):
+class ResourcesSpec(StrictModel):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0, description="fractional GPUs pack trials on one GPU")
 
 
-class TrackingSpec(_Strict):
+class TrackingSpec(StrictModel):
     experiment: str | None = Field(
         None, description="MLflow experiment; default: W&B's project, then the name"
     )
@@ -343,7 +190,7 @@ class TrackingSpec(_Strict):
         return self
 
 
-class CheckpointSpec(_Strict):
+class CheckpointSpec(StrictModel):
     """When trials checkpoint: always after their last epoch, and in between when
     ``every_s`` seconds have passed since the last checkpoint or every ``every``
     epochs (either may be null). A crash loses at most that much training, never a
@@ -356,60 +203,7 @@ class CheckpointSpec(_Strict):
     keep: int = Field(2, gt=0, description="checkpoints kept per trial")
 
 
-# W&B's keys for its agent and account: accepted so its specs load, not used.
-WANDB_IGNORED = ("program", "command", "entity", "controller")
-
-
-def name_from(stem: str) -> str:
-    """A sweep name from a file name: the characters a results folder takes."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).lstrip("_.-")
-    return name or "sweep"
-
-
-def read_spec_forms(data: Any, default_name: str | None = None) -> Any:
-    """W&B's and Ray Tune's places for what bopsweep keeps elsewhere, moved there:
-    nested parameters -> dotted names; ``metric: NAME`` + ``mode`` -> ``metric``;
-    ``project`` -> ``tracking.experiment`` (unless given); no ``method``: random when
-    a parameter is drawn (as Ray Tune samples), else grid; ``run_cap`` -> the
-    ``num_samples`` of a random or bayes search that gives none; no ``name``:
-    ``default_name`` (the file's). Never raises: what does not fit is left for the
-    validation to report."""
-    if not isinstance(data, dict):
-        return data
-    data = dict(data)
-    if "name" not in data and default_name is not None:
-        data["name"] = default_name
-    if isinstance(data.get("metric"), str):
-        data["metric"] = {"name": data["metric"]}
-    mode = data.get("mode")
-    if mode is not None and isinstance(data.get("metric"), dict):
-        metric = dict(data["metric"])
-        if "mode" not in metric:
-            metric["mode"] = mode
-            del data["mode"]
-        elif metric["mode"] == mode:
-            del data["mode"]
-        data["metric"] = metric
-    if isinstance(data.get("parameters"), dict):
-        data["parameters"] = flatten_parameters(data["parameters"])
-    if "method" not in data:
-        params = data.get("parameters")
-        sampled = isinstance(params, dict) and any(is_sampled(p) for p in params.values())
-        data["method"] = "random" if sampled else "grid"
-    if (
-        data.get("method") in ("random", "bayes")
-        and "num_samples" not in data
-        and data.get("run_cap") is not None
-    ):
-        data["num_samples"] = data["run_cap"]
-    project = data.get("project")
-    tracking = data.get("tracking", {})
-    if project is not None and isinstance(tracking, dict) and tracking.get("experiment") is None:
-        data["tracking"] = {**tracking, "experiment": project}
-    return data
-
-
-class SweepSpec(_Strict):
+class SweepSpec(StrictModel):
     """A sweep: the base training config, what to sweep and how to run it."""
 
     name: str = Field(
@@ -674,70 +468,3 @@ class Trial:
 
 def _short(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-# ------------------------------------------------------------------------- schema
-SCHEMA_FILE = "sweeps/schema.json"
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of a spec, for editors (``bopsweep schema``, ``sweeps/schema.json``).
-
-    Pydantic's schema of :class:`SweepSpec`, with the registries' names as the
-    choices of ``train.model``, ``dataset``, ``preprocess_fn`` and ``hparams_set``,
-    and the keys of ``train.hparams`` and ``parameters`` (dotted, or ``hparams`` as
-    a nested block), so an editor completes them and flags unknown ones as
-    ``bopsweep plan`` does."""
-    from bopsweep.bnn.models import model_names
-    from bopsweep.config import HPARAM_SETS, HParams
-    from bopsweep.data import DATASETS, PREPROCESS_FNS
-
-    schema = SweepSpec.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "bopsweep sweep spec"
-    # W&B's name is optional: bopsweep takes the file's.
-    schema["required"] = [r for r in schema.get("required", []) if r != "name"]
-    train = schema["$defs"]["TrainConfig"]["properties"]
-    train["model"]["enum"] = model_names()
-    train["dataset"]["enum"] = sorted(DATASETS)
-    train["preprocess_fn"]["enum"] = sorted(PREPROCESS_FNS)
-    train["hparams_set"]["enum"] = sorted({name for sets in HPARAM_SETS.values() for name in sets})
-    hparams = HParams.model_json_schema()
-    train["hparams"] = {
-        "type": "object",
-        "description": "overrides of the hparams set",
-        "properties": hparams["properties"],
-        "additionalProperties": False,
-    }
-    # Metric names trials report (the layer flip ratios by their prefix).
-    metric = schema["$defs"]["MetricSpec"]["properties"]["name"]
-    metric["anyOf"] = [
-        {"enum": list(EPOCH_METRICS)},
-        {"type": "string", "pattern": f"^{re.escape(LAYER_METRIC_PREFIX)}"},
-    ]
-    schema["properties"]["metric"] = {
-        "anyOf": [{"$ref": "#/$defs/MetricSpec"}, {"enum": list(EPOCH_METRICS)}],
-        "description": "the metric, or (Ray Tune) its name with mode: beside it",
-    }
-    # A parameter: its own fields, a bare constant (Ray Tune), or a nested block.
-    parameter = {"$ref": "#/$defs/ParameterSpec"}
-    nested = {
-        "type": "object",
-        "properties": {"parameters": {"type": "object", "additionalProperties": parameter}},
-        "required": ["parameters"],
-        "additionalProperties": False,
-    }
-    names = swept_keys()
-    schema["properties"]["parameters"]["propertyNames"] = {"enum": [*names, "hparams"]}
-    schema["properties"]["parameters"]["additionalProperties"] = {
-        "anyOf": [parameter, nested, {"type": ["string", "number", "boolean"]}]
-    }
-    spec = schema["$defs"]["ParameterSpec"]
-    spec["description"] += " Ray Tune's forms: " + ", ".join(RAY_FORMS) + "."
-    return schema
-
-
-def json_schema_text() -> str:
-    import json
-
-    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
