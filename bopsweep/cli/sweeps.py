@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bopsweep.cli import _make_console, _print_json, app, console
+from bopsweep.cli.app import _make_console, _print_json, app, console
 from bopsweep.errors import UserError
 
 # ------------------------------------------------------------------------------ sweeps

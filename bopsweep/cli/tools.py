@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from bopsweep.cli import _make_console, _print_json, app, console
+from bopsweep.cli.app import _make_console, _print_json, app, console
 from bopsweep.cli.sweeps import TRACKING_ENV, JsonOpt
 
 

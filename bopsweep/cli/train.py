@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bopsweep.cli import app, console
+from bopsweep.cli.app import app, console
 from bopsweep.errors import UserError
 
 
