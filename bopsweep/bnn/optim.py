@@ -1,4 +1,4 @@
-"""Bop, its second-order variant, and the routing of binary vs real parameters.
+"""Bop and its second-order variants, as torch optimizers.
 
 Bop (Helwegen et al., "Latent Weights Do Not Exist: Rethinking Binarized Neural
 Network Optimization", NeurIPS 2019) trains binary weights without latent weights:
