@@ -262,6 +262,15 @@ def run(
             min=0,
         ),
     ] = 300.0,
+    without_tracking: Annotated[
+        bool,
+        typer.Option(
+            "--without-tracking",
+            help="When a rerun's tracking server still does not answer after "
+            "--tracking-wait, train anyway: every epoch stays in the results folder and "
+            "`bopsweep sync NAME` sends it once the server is up.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a sweep with Ray Tune, every trial tracked in MLflow.
@@ -291,6 +300,7 @@ def run(
         restart=restart,
         verbose=verbose,
         tracking_wait_s=tracking_wait,
+        without_tracking=without_tracking,
     )
     # Redrawn when the sweep's model changes, at most twice a second: the driver's
     # CPU time is taken from the trials running beside it.

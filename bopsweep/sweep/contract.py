@@ -33,6 +33,12 @@ MEMBER_STATUS_KEY = "bopsweep_status"
 MEMBER_ERROR_KEY = "bopsweep_error"
 
 
+# Set in the driver's environment (which a local Ray's workers inherit) by a rerun
+# going on without its tracking server: the trials it restores carry the context of
+# the run that started them, and must not wait for the server at their end.
+TRACKING_OFFLINE_ENV = "BOPSWEEP_TRACKING_OFFLINE"
+
+
 @dataclass(frozen=True)
 class Member:
     """One trial of the sweep: its index, run name, swept values and full training

@@ -109,6 +109,8 @@ class RunOptions:
     # How long a rerun waits for a tracking server that does not answer, when the
     # sweep already has its parent run there.
     tracking_wait_s: float = 300.0
+    # Then: train anyway, every epoch kept in the results folder for `bopsweep sync`.
+    without_tracking: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ class SweepPlan:
     address: str | None
     resume: Resume
     groups: list[Group] = field(default_factory=list)
+    # A rerun going on while its tracking server does not answer (--without-tracking).
+    tracking_offline: bool = False
 
     @property
     def spec(self):
@@ -157,7 +161,9 @@ def preflight(
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        _reach_server(uri, folder, options.tracking_wait_s, say)
+        offline = not _reach_server(
+            uri, folder, options.tracking_wait_s, say, go_on=options.without_tracking
+        )
     resume = decide_resume(
         folder,
         loaded.sha256,
@@ -166,19 +172,20 @@ def preflight(
         restorable=ray_backend.can_restore(folder.path),
     )
     groups = plan_groups(spec, trials)
-    return SweepPlan(loaded, trials, uri, folder, address, resume, groups)
+    return SweepPlan(loaded, trials, uri, folder, address, resume, groups, offline)
 
 
-def _reach_server(uri: str, folder: SweepFolder, wait_s: float, say) -> None:
+def _reach_server(uri: str, folder: SweepFolder, wait_s: float, say, *, go_on: bool) -> bool:
     """Refuse an unreachable server up front, except for a rerun of a sweep that
     already has its parent run there (a server restarting, a network blip): that
-    waits up to ``wait_s`` seconds for it, saying so."""
+    waits up to ``wait_s`` seconds for it, saying so, and then, with ``go_on``, goes
+    on without it (returns False: the trials keep every epoch in their results)."""
     try:
         mlflow_client.check_connection(uri)
-        return
+        return True
     except mlflow_client.TrackingUnreachable as error:
         state = folder.read_state()
-        if wait_s <= 0 or state is None or state.get("tracking_uri") != uri:
+        if state is None or state.get("tracking_uri") != uri or (wait_s <= 0 and not go_on):
             raise
         unreachable = error
     deadline = time.monotonic() + wait_s
@@ -191,10 +198,17 @@ def _reach_server(uri: str, folder: SweepFolder, wait_s: float, say) -> None:
         try:
             mlflow_client.check_connection(uri)
             say(f"the tracking server at {uri} answers again")
-            return
+            return True
         except mlflow_client.TrackingUnreachable as error:
             unreachable = error
+    if go_on:
+        say(
+            f"the tracking server at {uri} does not answer: going on without it "
+            f"(--without-tracking); every epoch stays in the results folder, and "
+            f"`bopsweep sync {folder.name}` sends them once the server is up"
+        )
+        return False
     raise UserError(
         f"{unreachable} (waited {wait_s:g} s; run the same command again once it is up, "
-        "or raise --tracking-wait)"
+        "raise --tracking-wait, or add --without-tracking to train now and sync later)"
     )

@@ -34,6 +34,7 @@ from bopsweep.sweep.contract import (
     MEMBER_ERROR_KEY,
     MEMBER_STATUS_KEY,
     TIMING_PREFIX,
+    TRACKING_OFFLINE_ENV,
     USER_ERROR_KEY,
     SweepContext,
 )
@@ -104,7 +105,8 @@ def open_parent_run(plan: SweepPlan) -> SweepOutcome:
     spec, uri = plan.spec, plan.tracking_uri
     if plan.resume.resuming:
         exp_id, parent_id = plan.resume.state["experiment_id"], plan.resume.state["parent_run_id"]
-        mlflow_client.client(uri).update_run(parent_id, status="RUNNING")
+        if not plan.tracking_offline:
+            mlflow_client.client(uri).update_run(parent_id, status="RUNNING")
     else:
         tags = {
             "bopsweep.spec_sha256": plan.loaded.sha256,
@@ -179,7 +181,10 @@ def run_trials(plan: SweepPlan, outcome: SweepOutcome, listener, timeline: Timel
         checkpoint_every=1 if _pauses_trials(spec) else spec.checkpoint.every,
         checkpoint_every_s=spec.checkpoint.every_s,
         scheduler=None if spec.stopping is None else spec.stopping.model_dump(),
-        drain_timeout_s=float(os.environ.get("BOPSWEEP_TRACKING_DRAIN_S", "120")),
+        # Without the server (--without-tracking) no trial waits for it at its end.
+        drain_timeout_s=0.0
+        if plan.tracking_offline
+        else float(os.environ.get("BOPSWEEP_TRACKING_DRAIN_S", "120")),
         models=tuple(spec.tracking.models),
         system_metrics_s=spec.tracking.system_metrics_s,
         run_tags=mlflow_client.source_tags(plan.loaded.path),
@@ -310,8 +315,12 @@ def settle(
         if plan.spec.tracking.register_model:
             mlflow_runs.register_best_model(outcome, plan.spec.tracking.register_model)
     except mlflow_client.unreachable_errors() as error:
-        # Nothing is lost: every epoch is in the trials' local results.
+        # Nothing is lost: every epoch is in the trials' local results, which are
+        # also what the leaderboard shows meanwhile.
+        from bopsweep.sweep.sync import histories_from_results
+
         outcome.tracking_error = f"{type(error).__name__}: {str(error)[:300]}"
+        histories_from_results(plan.folder, outcome)
         for trial in outcome.trials:
             trial.status = wanted[trial.index]
             trial.error = user_errors.get(trial.index) or errors.get(trial.index)
@@ -399,6 +408,8 @@ def run_sweep(
         resumed += f" ({members} trained as {len(fused)} fused groups)"
     say(f"{len(plan.trials)} trials{resumed}: starting {where}, tracking to {plan.tracking_uri}")
     ray_backend.configure_environment()
+    if plan.tracking_offline:
+        os.environ[TRACKING_OFFLINE_ENV] = "1"
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # As a Ray Job's driver: Ray may delete and unpack the job's working directory
         # again while the driver runs in it; paths are resolved, nothing more is needed.

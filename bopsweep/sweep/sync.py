@@ -31,7 +31,7 @@ from bopsweep.sweep.contract import (
     TrialGroup,
     member_results,
 )
-from bopsweep.sweep.outcome import SweepOutcome, TrialOutcome
+from bopsweep.sweep.outcome import FLIP_METRIC, SweepOutcome, TrialOutcome
 from bopsweep.sweep.spec import SweepSpec, Trial
 from bopsweep.sweep.state import STATE_FILE, SweepFolder
 from bopsweep.sweep.tracking import TrialTracker, summary_modes
@@ -130,6 +130,22 @@ def _send_rows(outcome: SweepOutcome, trial_cfg, rows: list[dict]):
     if not drained:
         raise UserError(f"the tracking server at {uri} stopped answering during the sync")
     return trial, hparams, sent
+
+
+def histories_from_results(folder: SweepFolder, outcome: SweepOutcome) -> None:
+    """Each trial's history of the sweep's metric and of the flip ratio, from the
+    sweep's local results: what a run ending without its tracking server shows."""
+    by_index = {t.index: t for t in outcome.trials}
+    for trial_cfg, rows, _, _ in _trial_results(folder):
+        trial = by_index.get(trial_cfg.index)
+        if trial is None or not rows:
+            continue
+        trial.history = {}
+        for row in rows:
+            for name in (outcome.metric, FLIP_METRIC):
+                value = row.get(name)
+                if _is_number(value):
+                    trial.record(name, int(row["epoch"]), float(value))
 
 
 def upload_missing(folder: SweepFolder, outcome: SweepOutcome, indices: set[int]) -> int:

@@ -62,6 +62,7 @@ from bopsweep.sweep.contract import (
     MEMBER_ERROR_KEY,
     MEMBER_STATUS_KEY,
     TIMING_PREFIX,
+    TRACKING_OFFLINE_ENV,
     USER_ERROR_KEY,
     SweepContext,
     TrialGroup,
@@ -348,7 +349,7 @@ def _open_run(
             **tracking.trial_tags(sweep),
         },
         params=flatten(resolved),
-        drain_timeout_s=sweep.drain_timeout_s,
+        drain_timeout_s=0.0 if os.environ.get(TRACKING_OFFLINE_ENV) else sweep.drain_timeout_s,
         **tracking.trial_options(sweep, config.dataset, config.data_dir, trainer.data),
     )
     for metrics in trainer.histories[k]:

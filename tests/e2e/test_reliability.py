@@ -354,6 +354,46 @@ def test_a_rerun_waits_for_the_server_and_ends_complete(workdir, tmp_path):
         server.stop()
 
 
+def test_a_rerun_without_its_server_trains_now_and_sync_completes_it(workdir, tmp_path):
+    """The driver dies mid-sweep, then the tracking server goes away too: the rerun,
+    told to go on without it, trains the rest (no trial waits for the server), ends
+    with the sync hint, and once the server is back `bopsweep sync` makes every run
+    complete: each epoch and each optimizer step of the per-step series once."""
+    server = start_mlflow_server(tmp_path / "away")
+    experiment = "e2e-without-tracking"
+    client = MlflowClient(server.uri)
+    epochs = 40
+    try:
+        driver = _two_trials_logging_to(server, experiment, workdir, fuse="2")
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        server.stop()
+        refused = start_run([*driver.args[2:], "--tracking-wait", "1"], workdir)
+        output, _ = refused.communicate(timeout=120)
+        assert refused.returncode == 2, output[-3000:]
+        assert "--without-tracking" in output
+        rerun = start_run([*driver.args[2:], "--tracking-wait", "1", "--without-tracking"], workdir)
+        output, _ = rerun.communicate(timeout=400)
+        assert rerun.returncode == 1, output[-3000:]
+        said = " ".join(output.split())  # the terminal's lines, unwrapped
+        assert "going on without it (--without-tracking)" in said
+        assert "bopsweep sync quickstart" in said
+        # The live table and the leaderboard (from the local results): every epoch of
+        # both trials.
+        assert said.count("40/40") >= 2 and said.count("│ 40 │") == 2, output[-3000:]
+        server.start()
+        synced = bopsweep("sync", "quickstart", cwd=workdir)
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        parents, children = sweep_runs(client, experiment)
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert len(children) == 2
+        for child in children:
+            assert child.info.status == "FINISHED"
+            assert_each_step_once(client, child.info.run_id, epochs)
+    finally:
+        server.stop()
+
+
 def test_many_trials_log_concurrently_without_loss(mlflow_server, workdir):
     experiment = "e2e-load"
     result = bopsweep(
