@@ -153,6 +153,7 @@ def preflight(
     # Wherever the trials run: the devices they name against what Ray gives them.
     check_devices(spec, trials)
     uri = mlflow_client.resolve_tracking_uri(options.tracking_uri, spec.tracking.uri)
+    offline = False
     if mlflow_client.is_local_uri(uri):
         mlflow_client.check_local_store(uri, must_exist=False)
     else:
