@@ -32,6 +32,7 @@ pytestmark = pytest.mark.e2e
 EPOCHS = 60
 KILLS = ("worker", "driver", "server")
 TAG = "BOPSWEEP_CHAOS_TAG"
+SEED_ENV = "BOPSWEEP_CHAOS_SEED"
 
 
 def _args(experiment: str, uri: str, fuse: str) -> list[str]:
@@ -98,7 +99,8 @@ def _histories(client: MlflowClient, experiment: str) -> dict[str, dict]:
 
 @pytest.mark.parametrize("fuse", ["off", "2"])
 def test_a_sweep_killed_anywhere_finishes_with_nothing_lost(workdir, tmp_path, fuse):
-    chance = random.Random(2019 + len(fuse))
+    # The soak (scripts/chaos_soak.py) runs this test again with other seeds.
+    chance = random.Random(int(os.environ.get(SEED_ENV, "2019")) + len(fuse))
     server = start_mlflow_server(tmp_path / "chaos")
     client = MlflowClient(server.uri)
     tag = uuid.uuid4().hex
@@ -139,7 +141,7 @@ def test_a_sweep_killed_anywhere_finishes_with_nothing_lost(workdir, tmp_path, f
                 break
             driver = start_run(args, workdir, env=env)
             runs += 1
-        print(f"chaos fuse={fuse}: kills {seen}, {runs} runs of the command")
+        print(f"chaos fuse={fuse}: kills {seen}, {runs} runs of the command", flush=True)
         assert driver.returncode == 0, (seen, output[-3000:])
         assert len(seen) >= 2, f"the sweep ended before most kills: {seen}"
         wait_for(lambda: not _tagged(tag), timeout=60)  # no process of the sweep left
