@@ -10,10 +10,13 @@ and a model logged by a GPU trial loaded where no GPU is visible. The sizes are
 chosen to finish within 8 minutes on one GPU; each check's seconds are recorded.
 
 Every check ends ``passed``, ``failed`` or ``skipped`` with the reason it could not
-run here (no GPU, no native bf16, no pytest): a check that did not run is never
-counted as passed. On a machine without a GPU the checks that need none still run.
-Results: ``<out>/gpu_smoke.json`` and a table (also ``<out>/gpu_smoke.txt``); the exit
-code is 1 when a check failed. Nothing outside ``<out>`` is written: MLflow, Ray's
+run here (no GPU, no native bf16, no pytest, out of the time budget): a check that did
+not run is never counted as passed. On a machine without a GPU the checks that need
+none still run; ``--rehearse`` runs the GPU checks' own code on the CPU at small sizes
+(what can go wrong in the script itself shows before a GPU's scarce minutes are spent).
+Results: ``<out>/gpu_smoke.json`` (rewritten after every check, so a run cut short keeps
+what it measured) and a table (also ``<out>/gpu_smoke.txt``); the exit code is 1 when a
+check failed. Nothing outside ``<out>`` is written: MLflow, Ray's
 results and bopsweep's cache (the fusion gains the bench records) live there.
 """
 
@@ -43,7 +46,18 @@ MODELS = {
     "xnornet": ((3, 224, 224), 100, 512, 128),
 }
 PRECISIONS = ("fp32", "bf16")
+# --rehearse: the same models on the CPU, a few batches each.
+REHEARSAL_MODELS = {
+    "mlp": ((3, 32, 32), 10, 200, 50),
+    "binarynet": ((3, 32, 32), 10, 100, 50),
+    "birealnet": ((3, 32, 32), 10, 100, 50),
+    "binary_alexnet": ((3, 224, 224), 100, 16, 8),
+    "xnornet": ((3, 224, 224), 100, 16, 8),
+}
 FUSED_MEMBERS = 4
+# Host syncs per training step: BinaryNet, one step = one batch, counted by CUDA's sync
+# debug mode over an epoch of few and one of many steps (the difference is per step).
+SYNC_STEPS = (4, 16)
 GRID_TRIALS = 9  # sweeps/sec51_grid.yaml: threshold x gamma, 3 x 3
 
 
@@ -52,11 +66,16 @@ class Skip(Exception):
 
 
 class Smoke:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, rehearse: bool = False, budget_s: float = 1e9) -> None:
         import torch
 
         self.out = out
         self.cuda = torch.cuda.is_available()
+        self.rehearse = rehearse and not self.cuda
+        self.device = "cuda" if self.cuda else "cpu"
+        self.models = REHEARSAL_MODELS if self.rehearse else MODELS
+        self.started = time.perf_counter()
+        self.budget_s = budget_s
         self.results: list[dict[str, Any]] = []
         self.env = {
             **os.environ,
@@ -78,6 +97,8 @@ class Smoke:
         print(f"gpu_smoke: {name} ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
         try:
+            if started - self.started > self.budget_s:
+                raise Skip(f"out of the smoke's time budget ({self.budget_s:g} s)")
             record = {"status": "passed", **function()}
         except Skip as why:
             record = {"status": "skipped", "reason": str(why)}
@@ -90,10 +111,40 @@ class Smoke:
         record = {"check": name, **record, "seconds": round(time.perf_counter() - started, 1)}
         self.results.append(record)
         print(f"gpu_smoke: {name}: {record['status']}", file=sys.stderr, flush=True)
+        self.write()
 
-    def need_cuda(self, what: str = "") -> None:
-        if not self.cuda:
+    def write(self) -> dict[str, Any]:
+        report = {
+            "elapsed_s": round(time.perf_counter() - self.started, 1),
+            "rehearsal": self.rehearse,
+            "checks": self.results,
+        }
+        (self.out / "gpu_smoke.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        return report
+
+    def need_cuda(self, what: str = "", rehearsable: bool = True) -> None:
+        """Skip without a GPU, unless rehearsing a check whose code also runs on the CPU."""
+        if not self.cuda and not (self.rehearse and rehearsable):
             raise Skip("no CUDA device visible here" + (f" ({what})" if what else ""))
+
+    def reset_peak(self) -> None:
+        import torch
+
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak(self) -> dict[str, Any]:
+        import torch
+
+        if not self.cuda:
+            return {}
+        torch.cuda.synchronize()
+        return {
+            "peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20),
+            "peak_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20),
+        }
 
     def command(self, args: list[str], timeout: float, env: dict | None = None, cwd=None):
         return subprocess.run(
@@ -147,7 +198,7 @@ class Smoke:
     def cuda_context(self) -> dict[str, Any]:
         """What a CUDA process holds outside torch's allocator (what the memory cap of a
         GPU share leaves out: bopsweep.device.CUDA_CONTEXT_BYTES)."""
-        self.need_cuda()
+        self.need_cuda(rehearsable=False)
         import pynvml
         import torch
 
@@ -182,7 +233,7 @@ class Smoke:
 
     def gpu_system_metrics(self) -> dict[str, Any]:
         """MLflow's system metrics monitor finds the GPUs (through nvidia-ml-py)."""
-        self.need_cuda()
+        self.need_cuda(rehearsable=False)
         from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
 
         monitor = GPUMonitor()  # raises without nvidia-ml-py or a working NVML
@@ -196,7 +247,7 @@ class Smoke:
         }
 
     def cuda_tests(self) -> dict[str, Any]:
-        self.need_cuda("every CUDA test would skip")
+        self.need_cuda("every CUDA test would skip", rehearsable=False)
         try:
             import pytest  # noqa: F401
         except ImportError:
@@ -206,6 +257,10 @@ class Smoke:
             "tests/test_checkpoint_devices.py",
             "tests/bnn/test_optim.py",
             "tests/test_train.py",
+            "tests/test_train_precision.py",
+            "tests/sweep/test_preflight.py",
+            "tests/sweep/test_ray_backend.py",
+            "tests/sweep/test_fusion.py",
         ]
         args = ["-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "-q", "-rs"]
         args += ["-k", "cuda or gpu or tf32 or device", *files]
@@ -222,24 +277,22 @@ class Smoke:
         from bopsweep.data import make_synthetic
         from bopsweep.train import Trainer
 
-        shape, classes, n_train, batch = MODELS[model]
+        shape, classes, n_train, batch = self.models[model]
         config = make_train_config(
             model=model,
             dataset="synthetic",
             hparams_set="bop",
             hparams={"batch_size": batch},
             epochs=2,
-            device="cuda",
+            device=self.device,
             precision=precision,
             **extra,
         )
         data = make_synthetic(shape=shape, num_classes=classes, n_train=n_train, n_val=256)
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        self.reset_peak()
         trainer = Trainer(config, data)
-        history = trainer.fit()
-        torch.cuda.synchronize()
+        trainer.fit()
+        history = trainer.history
         figures = {
             "precision": trainer.precision,
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
@@ -247,8 +300,7 @@ class Smoke:
             "input_shape": list(shape),
             "first_epoch_s": round(history[0]["epoch_time_s"], 2),
             "images_per_s": round(history[-1]["samples_per_s"]),
-            "peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20),
-            "peak_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20),
+            **self.peak(),
             "final_train_loss": round(history[-1]["train_loss"], 4),
         }
         del trainer, data
@@ -258,7 +310,7 @@ class Smoke:
         self.need_cuda()
         from bopsweep.precision import native_bf16
 
-        if precision == "bf16" and not native_bf16("cuda"):
+        if precision == "bf16" and not native_bf16(self.device):
             raise Skip("this GPU has no native bf16 (compute capability < 8.0): emulated")
         figures = self._trainer_epochs(model, precision)
         self.epochs[f"{model}/{precision}"] = figures
@@ -272,7 +324,7 @@ class Smoke:
         from bopsweep.data import make_synthetic
         from bopsweep.train import Trainer
 
-        shape, classes, n_train, batch = MODELS["binarynet"]
+        shape, classes, n_train, batch = self.models["binarynet"]
         configs = [
             make_train_config(
                 model="binarynet",
@@ -280,17 +332,14 @@ class Smoke:
                 hparams_set="bop",
                 hparams={"batch_size": batch, "gamma": 10.0 ** -(2 + k)},
                 epochs=2,
-                device="cuda",
+                device=self.device,
             )
             for k in range(FUSED_MEMBERS)
         ]
         data = make_synthetic(shape=shape, num_classes=classes, n_train=n_train, n_val=256)
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        trainer = Trainer(configs, data, device=torch.device("cuda"))
+        self.reset_peak()
+        trainer = Trainer(configs, data, device=torch.device(self.device))
         histories = trainer.fit()
-        torch.cuda.synchronize()
         last = [h[-1] for h in histories]
         if len(last) != FUSED_MEMBERS or not all(m["train_loss"] < float("inf") for m in last):
             raise RuntimeError(f"members did not all finish: {[len(h) for h in histories]}")
@@ -298,7 +347,7 @@ class Smoke:
         figures: dict[str, Any] = {
             "members": FUSED_MEMBERS,
             "member_images_per_s": round(member_rate),
-            "peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20),
+            **self.peak(),
         }
         single = self.epochs.get(f"binarynet/{trainer.precision}")
         if single:
@@ -325,7 +374,7 @@ class Smoke:
         run, copy = folder / "gpu", folder / "gpu-for-cpu"
         shutil.rmtree(folder, ignore_errors=True)
         args = ["train", "mlp", "--dataset", "digits", "--hparams-set", "bop", "--epochs", "3"]
-        args += ["--device", "cuda", "--output-dir", str(run)]
+        args += ["--device", self.device, "--output-dir", str(run)]
         kill = {
             "BOPSWEEP_TRIAL_CALLBACKS": KILL_CALLBACK,
             KILL_AT_EPOCH_ENV: "1",
@@ -351,8 +400,8 @@ class Smoke:
 import json
 from pathlib import Path
 import torch
-from bopsweep.cli import _resume_state
 from bopsweep.config import make_train_config
+from bopsweep.local_run import _resume_state
 from bopsweep.train import Trainer
 assert not torch.cuda.is_available()
 folder = Path({str(copy)!r})
@@ -360,7 +409,8 @@ state = _resume_state(folder, json.loads((folder / "config.json").read_text()))
 config = make_train_config(model="mlp", dataset="digits", hparams_set="bop", epochs=3, device="cpu")
 trainer = Trainer(config)
 trainer.load_state_dict(state)
-print(json.dumps([m["epoch"] for m in trainer.fit()]))
+trainer.fit()
+print(json.dumps([m["epoch"] for m in trainer.history]))
 """
         on_cpu = self.python(code, env={"CUDA_VISIBLE_DEVICES": ""})
         if on_cpu.returncode != 0:
@@ -373,7 +423,7 @@ print(json.dumps([m["epoch"] for m in trainer.fit()]))
     def grid(self, label: str, gpu: float, fuse: str, models: bool = False) -> dict[str, Any]:
         """sweeps/sec51_grid.yaml, one epoch on synthetic CIFAR-shaped data."""
         if gpu > 0:
-            self.need_cuda(f"resources.gpu={gpu:g}")
+            self.need_cuda(f"resources.gpu={gpu:g}", rehearsable=False)
         name = f"smoke_sec51_{label}"
         samples = "512" if gpu > 0 else "200"
         overrides = [
@@ -396,7 +446,7 @@ print(json.dumps([m["epoch"] for m in trainer.fit()]))
         for override in overrides:
             args += ["--set", override]
         started = time.perf_counter()
-        done = self.bopsweep(*args, timeout=420)
+        done = self.bopsweep(*args, timeout=240)
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"bopsweep run exited {done.returncode}: {done.stderr[-1500:]}")
@@ -463,11 +513,72 @@ print(next(model.parameters()).device)
             figures["note"] = "logged by a CPU trial (no GPU here): GPU -> CPU needs a GPU machine"
         return figures
 
+    def host_syncs(self) -> dict[str, Any]:
+        """Host syncs per BinaryNet training step, K = 1 and fused, counted by CUDA's
+        sync debug mode (each synchronizing call warns once)."""
+        self.need_cuda()
+        import warnings
+
+        import torch
+
+        from bopsweep.config import make_train_config
+        from bopsweep.data import make_synthetic
+        from bopsweep.train import Trainer
+
+        shape, classes, _, batch = self.models["binarynet"]
+        figures: dict[str, Any] = {}
+        for members in (1, FUSED_MEMBERS):
+            configs = [
+                make_train_config(
+                    model="binarynet",
+                    dataset="synthetic",
+                    hparams_set="bop",
+                    hparams={"batch_size": batch, "gamma": 10.0 ** -(2 + k)},
+                    epochs=1,
+                    device=self.device,
+                )
+                for k in range(members)
+            ]
+            counts = []
+            for steps in SYNC_STEPS:
+                data = make_synthetic(
+                    shape=shape, num_classes=classes, n_train=batch * steps, n_val=batch
+                )
+                trainer = Trainer(configs, data, device=torch.device(self.device))
+                trainer.train_epoch()  # warm-up: cuDNN's algorithm search syncs
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    if self.cuda:
+                        torch.cuda.set_sync_debug_mode("warn")
+                    try:
+                        trainer.train_epoch()
+                    finally:
+                        if self.cuda:
+                            torch.cuda.set_sync_debug_mode(0)
+                counts.append(sum("synchroniz" in str(w.message) for w in caught))
+                del trainer, data
+            few, many = SYNC_STEPS
+            per_step = (counts[1] - counts[0]) / (many - few)
+            figures[f"K{members}_per_step"] = round(per_step, 2)
+            figures[f"K{members}_per_epoch_fixed"] = round(counts[0] - few * per_step, 2)
+        if not self.cuda:
+            figures["note"] = "rehearsal: no CUDA, nothing counted"
+        return figures
+
     def fusion_bench(self) -> dict[str, Any]:
         self.need_cuda()
-        output = self.out / "bench-fusion-cuda.json"
+        output = self.out / f"bench-fusion-{self.device}.json"
+        quick = ["--quick"] if self.rehearse else []
         done = self.bopsweep(
-            "bench", "--only", "fusion", "--device", "cuda", "--output", str(output), timeout=420
+            "bench",
+            "--only",
+            "fusion",
+            *quick,
+            "--device",
+            self.device,
+            "--output",
+            str(output),
+            timeout=420,
         )
         if not output.exists():
             raise RuntimeError(f"bopsweep bench exited {done.returncode}: {done.stderr[-1500:]}")
@@ -506,6 +617,17 @@ print(next(model.parameters()).device)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu_smoke_results"))
+    parser.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="without a GPU: run the GPU checks' code on the CPU at small sizes",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=480.0,
+        help="checks not started after this many seconds are skipped (default: 480)",
+    )
     args = parser.parse_args()
     out = args.out.resolve()
     if out.exists():
@@ -513,21 +635,20 @@ def main() -> int:
     out.mkdir(parents=True)
     os.environ["XDG_CACHE_HOME"] = str(out / "cache")  # this process's bopsweep cache too
     sys.path.insert(0, str(REPO))
-    started = time.perf_counter()
-    smoke = Smoke(out)
+    smoke = Smoke(out, rehearse=args.rehearse, budget_s=args.budget_s)
     smoke.check("environment", smoke.environment)
     smoke.check("cuda_context", smoke.cuda_context)
     smoke.check("gpu_system_metrics", smoke.gpu_system_metrics)
     smoke.check("cuda_tests", smoke.cuda_tests)
-    for model in MODELS:
+    for model in smoke.models:
         for precision in PRECISIONS:
             smoke.check(
                 f"epoch/{model}/{precision}", lambda m=model, p=precision: smoke.epoch(m, p)
             )
     smoke.check("fused_group", smoke.fused_group)
+    smoke.check("host_syncs", smoke.host_syncs)
     smoke.check("compile", smoke.compiled)
     smoke.check("checkpoints", smoke.checkpoints)
-    smoke.check("fusion_bench", smoke.fusion_bench)
     smoke.check("sec51/gpu0.25/fused", lambda: smoke.grid("gpu025_fused", 0.25, "3"))
     smoke.check(
         "sec51/gpu0.25/unfused", lambda: smoke.grid("gpu025_unfused", 0.25, "off", models=True)
@@ -536,11 +657,9 @@ def main() -> int:
         "sec51/gpu0", lambda: smoke.grid("gpu0", 0.0, "auto", models=smoke.logged_model is None)
     )
     smoke.check("logged_model_without_gpu", smoke.model_without_gpu)
-    report = {
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        "checks": smoke.results,
-    }
-    (out / "gpu_smoke.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    # Last: the longest, and the one a short budget can best do without.
+    smoke.check("fusion_bench", smoke.fusion_bench)
+    report = smoke.write()
     table = smoke.table() + f"\nin {report['elapsed_s']} s; wrote {out / 'gpu_smoke.json'}"
     (out / "gpu_smoke.txt").write_text(table + "\n")
     print(table)

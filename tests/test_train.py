@@ -344,3 +344,36 @@ def test_resolve_device():
 def test_cuda_without_cuda_is_a_user_error():
     with pytest.raises(UserError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts CUDA host syncs: needs a GPU")
+@pytest.mark.parametrize("members", [1, 3])
+def test_cuda_training_steps_never_wait_for_the_gpu(members):
+    """No training step waits for the GPU (a host sync per step stalls the launch
+    queue): an epoch of 6 steps syncs as often as one of 2 (its metrics, read once)."""
+    import warnings
+
+    configs = [
+        make_train_config(
+            model="binarynet",
+            dataset="synthetic",
+            hparams_set="bop",
+            hparams={"batch_size": 8, "gamma": 10.0 ** -(2 + k)},
+            epochs=1,
+            device="cuda",
+        )
+        for k in range(members)
+    ]
+    counts = []
+    for steps in (2, 6):
+        trainer = Trainer(configs, make_synthetic(n_train=8 * steps, n_val=8))
+        trainer.train_epoch()  # cuDNN's algorithm search syncs on the first steps
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                trainer.train_epoch()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[0] == counts[1], f"host syncs in an epoch of 2 and of 6 steps: {counts}"

@@ -121,6 +121,9 @@ class FusedBop(Optimizer):
         self.frozen: set[int] = set()
         self.one_pass = one_pass
         self._buffers: dict = {}
+        # Each group's per-member rate columns, rebuilt only when a schedule changes a
+        # value: a fresh host-to-device copy every step would wait for the GPU each time.
+        self._rates: dict[int, tuple[tuple, dict[str, Tensor]]] = {}
         for group in self.param_groups:
             for entry in group["threshold"]:
                 _check_threshold(as_schedule(entry))
@@ -224,19 +227,8 @@ class FusedBop(Optimizer):
                 if any(r is None for r in rows):
                     return False
                 planned.append((group, state, rows))
-        tables: dict[int, dict[str, Tensor]] = {}
         for group, state, rows in planned:
-            rates = tables.get(id(group))
-            if rates is None:
-                rates = tables[id(group)] = {
-                    name: torch.tensor(
-                        [as_schedule(e)(group["step"]) for e in group[name]],
-                        dtype=rows[0].dtype,
-                        device=rows[0].device,
-                    ).view(-1, 1)
-                    for name in ("threshold", "gamma", "sigma")
-                    if group.get(name) is not None
-                }
+            rates = self._group_rates(group, rows[0])
             counts = state["flips"] if group["count_flips"] else None
             w, g, m = rows[:3]
             scratch = self._scratch(w)
@@ -248,8 +240,26 @@ class FusedBop(Optimizer):
             group["step"] += 1
         return True
 
+    def _group_rates(self, group: dict, like: Tensor) -> dict[str, Tensor]:
+        """This step's rates of ``group``, one column of K values per rate."""
+        values = {
+            name: tuple(as_schedule(e)(group["step"]) for e in group[name])
+            for name in ("threshold", "gamma", "sigma")
+            if group.get(name) is not None
+        }
+        key = (tuple(values.items()), like.dtype, like.device)
+        cached = self._rates.get(id(group))
+        if cached is None or cached[0] != key:
+            columns = {
+                name: torch.tensor(v, dtype=like.dtype, device=like.device).view(-1, 1)
+                for name, v in values.items()
+            }
+            cached = self._rates[id(group)] = (key, columns)
+        return cached[1]
+
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
+        self._rates.clear()
         for state in self.state.values():
             if "flips" in state:
                 state["flips"] = state["flips"].to(torch.float64)
