@@ -136,10 +136,16 @@ class QuantLinear(_QuantMixin, nn.Linear):
 
 class _CenterOnly:
     """BatchNorm with a learned shift (beta) but no scale (gamma), as Keras'
-    ``BatchNormalization(scale=False)``: before a sign, a scale changes nothing."""
+    ``BatchNormalization(scale=False)``: before a sign, a scale changes nothing.
+
+    The scale is a fixed 1 (a buffer, out of the state dict) rather than absent: CUDA's
+    batch-norm backward with no weight but a bias returns an empty bias gradient
+    ("invalid gradient at index 2 - got [0]"), while with a weight that takes no
+    gradient it runs cuDNN's kernels. Times 1 is exact, so results are unchanged."""
 
     def _drop_scale(self) -> None:
-        self.register_parameter("weight", None)
+        del self.weight
+        self.register_buffer("weight", torch.ones(self.num_features), persistent=False)
 
 
 class CenterBatchNorm1d(_CenterOnly, nn.BatchNorm1d):

@@ -136,8 +136,10 @@ def test_latent_kernel_gradient_is_straight_through():
 )
 def test_center_batchnorm_has_beta_but_no_gamma(cls, shape):
     bn = cls(5)
-    assert bn.weight is None
+    # The scale is a fixed 1: not a parameter, not in the state dict.
+    assert torch.equal(bn.weight, torch.ones(5)) and not bn.weight.requires_grad
     assert [name for name, _ in bn.named_parameters()] == ["bias"]
+    assert "weight" not in bn.state_dict()
     assert bn.momentum == pytest.approx(0.01)  # Keras momentum 0.99
     assert bn.eps == pytest.approx(1e-3)
     with torch.no_grad():

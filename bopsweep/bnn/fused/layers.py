@@ -159,6 +159,7 @@ def _fuse_batch_norm(layers: Sequence[_BatchNorm]) -> _BatchNorm:
     fused._parameters = OrderedDict()
     fused._buffers = OrderedDict()
     fused._modules = OrderedDict()
+    fused._non_persistent_buffers_set = set(first._non_persistent_buffers_set)
     fused.num_features = first.num_features * members
     for name, value in first._parameters.items():
         fused.register_parameter(
@@ -169,7 +170,11 @@ def _fuse_batch_norm(layers: Sequence[_BatchNorm]) -> _BatchNorm:
             # num_batches_tracked counts the same steps for every member.
             fused.register_buffer(name, None if value is None else value.clone())
         else:
-            fused.register_buffer(name, _stacked([layer._buffers[name] for layer in layers]).data)
+            fused.register_buffer(
+                name,
+                _stacked([layer._buffers[name] for layer in layers]).data,
+                persistent=name not in first._non_persistent_buffers_set,
+            )
     return fused
 
 

@@ -41,7 +41,7 @@ def test_every_kernel_binary_no_bias_first_input_real():
         assert torch.all(m.weight.abs() == 1.0)
     bns = [m for m in model.modules() if isinstance(m, CenterBatchNorm1d)]
     assert len(bns) == 3
-    assert all(bn.weight is None for bn in bns)
+    assert all("weight" not in dict(bn.named_parameters()) for bn in bns)
     names = [name for name, _ in model.named_parameters()]
     assert names == [
         "dense1.weight",
