@@ -30,6 +30,7 @@ is backpropagated) and the others go on; a member can also be stopped on purpose
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -102,6 +103,18 @@ def check_group(configs: Sequence[TrainConfig]) -> None:
             "these configs cannot train fused: they may differ only in the seed and "
             f"the hparams {', '.join(sorted(MEMBER_HPARAMS))}"
         )
+
+
+def _restore_generator(generator: torch.Generator, saved: torch.Tensor) -> None:
+    """Continue ``generator`` from a checkpoint's state. A state written on another
+    device type (CUDA's Philox seed and offset, 16 bytes; the CPU's Mersenne Twister,
+    5056) cannot continue that stream here: a seed drawn from the saved state starts a
+    new one, the same on every resume of that checkpoint."""
+    if saved.numel() == generator.get_state().numel():
+        generator.set_state(saved)
+        return
+    digest = hashlib.sha256(saved.cpu().numpy().tobytes()).digest()
+    generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 class Callback:
@@ -286,7 +299,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for seed, generator in self.generators.items():
-            generator.set_state(state["generators"][seed])
+            _restore_generator(generator, state["generators"][seed])
         torch.set_rng_state(state["torch_rng"])
         self.epoch = state["epoch"]
         self.histories = [list(h) for h in state["histories"]]

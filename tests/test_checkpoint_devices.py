@@ -79,3 +79,32 @@ def test_a_trial_checkpoint_written_on_a_gpu_loads_on_the_cpu(tmp_path):
     state = _load_state(tune.Checkpoint.from_directory(tmp_path))
     tensors = [*state["model"].values(), *state["generators"].values(), state["torch_rng"]]
     assert all(t.device.type == "cpu" for t in tensors)
+
+
+def test_a_gpu_runs_batch_order_state_resumes_on_the_cpu(tmp_path, one_thread):
+    """A GPU run's data generator is CUDA's Philox (seed and offset, 16 bytes), which
+    the CPU's Mersenne Twister cannot take: the resume draws a new stream from it, the
+    same on every resume of that checkpoint."""
+    trainer = _trainer()
+    trainer.train_epoch()
+    trainer.epoch = 0
+    state = trainer.state_dict()
+    seed_and_offset = torch.tensor([1234, 5678], dtype=torch.int64)
+    philox = seed_and_offset.view(torch.uint8)
+    assert philox.numel() == 16
+    state["generators"] = {s: philox.clone() for s in state["generators"]}
+    with saved_as_on_cuda():
+        torch.save(state, tmp_path / CHECKPOINT_FILE)
+    histories = []
+    for _ in range(2):
+        resumed = _trainer()
+        resumed.load_state_dict(_resume_state(tmp_path, {}))
+        resumed.fit()
+        histories.append(
+            [
+                {k: v for k, v in m.items() if "time" not in k and "per_s" not in k}
+                for m in resumed.history
+            ]
+        )
+    assert len(histories[0]) == 1
+    assert histories[0] == histories[1]

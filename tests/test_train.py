@@ -350,7 +350,8 @@ def test_cuda_without_cuda_is_a_user_error():
 @pytest.mark.parametrize("members", [1, 3])
 def test_cuda_training_steps_never_wait_for_the_gpu(members):
     """No training step waits for the GPU (a host sync per step stalls the launch
-    queue): an epoch of 6 steps syncs as often as one of 2 (its metrics, read once)."""
+    queue): an epoch of 10 steps syncs no more than one of 2, give or take the one the
+    allocator may take (measured on an H200: 3 and 2 syncs at K = 1, 2 and 2 fused)."""
     import warnings
 
     configs = [
@@ -365,7 +366,7 @@ def test_cuda_training_steps_never_wait_for_the_gpu(members):
         for k in range(members)
     ]
     counts = []
-    for steps in (2, 6):
+    for steps in (2, 10):
         trainer = Trainer(configs, make_synthetic(n_train=8 * steps, n_val=8))
         trainer.train_epoch()  # cuDNN's algorithm search syncs on the first steps
         with warnings.catch_warnings(record=True) as caught:
@@ -376,4 +377,4 @@ def test_cuda_training_steps_never_wait_for_the_gpu(members):
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
-    assert counts[0] == counts[1], f"host syncs in an epoch of 2 and of 6 steps: {counts}"
+    assert counts[1] - counts[0] <= 1, f"host syncs in an epoch of 2 and of 10 steps: {counts}"
