@@ -13,12 +13,12 @@ can share one process and one model (:mod:`bopsweep.train`). The spec's
   :data:`MEASURED_GAIN` (docs/benchmarks.md), replaced by this machine's own once
   the bench has run here (it writes them to :func:`measured_gain_path`).
 
-  No CUDA figure ships (none was measured on a GPU for this release), and the
-  figures are read on the machine that plans the sweep, the driver: CUDA trials
-  stay unfused under ``auto`` until ``bopsweep bench --only fusion --device cuda``
-  has run there. A driver without the cluster's GPUs (a laptop submitting, a
-  CPU-only head) never measures them: copy the GPU node's ``fusion_gain.json`` into
-  the driver's cache folder, or give the group size (``fuse: 8``).
+  One CUDA figure ships, BinaryNet's on an H200; other models' CUDA trials stay
+  unfused under ``auto`` until ``bopsweep bench --only fusion --device cuda`` has run
+  on the machine that plans the sweep, the driver. A driver without the cluster's
+  GPUs (a laptop submitting, a CPU-only head) never measures them: copy the GPU
+  node's ``fusion_gain.json`` into the driver's cache folder, or give the group size
+  (``fuse: 8``).
 
 Each member keeps its own index, name, MLflow child run and status; only the Ray
 trial, its process and its checkpoint are shared. Nothing here imports torch or Ray:
@@ -42,12 +42,15 @@ from bopsweep.sweep.spec import SweepSpec, Trial
 # Member throughput of fused groups over separate trials, as measured by the fusion
 # section of `bopsweep bench` (docs/benchmarks.md; 2-core AMD EPYC with AVX-512), by
 # device type and model: the quickstart's training 1.42x; BinaryNet at batch 100,
-# K = 9, 0.84x (its convolutions are compute-bound on a CPU). `auto` fuses where the
-# gain is at least AUTO_MIN_GAIN; not measured (no entry, e.g. any model on a GPU
-# here): not fused until `bopsweep bench --only fusion` has measured it there.
+# K = 9, 0.84x (its convolutions are compute-bound on a CPU); on one NVIDIA H200
+# (bf16), BinaryNet at batch 100, K = 9, 2.81x (K = 3: 1.13x): one small model leaves
+# most of such a GPU idle. `auto` fuses where the gain is at least AUTO_MIN_GAIN; not
+# measured (no entry, e.g. the MLP on a GPU): not fused until `bopsweep bench --only
+# fusion` has measured it there.
 MEASURED_GAIN: dict[tuple[str, str], float] = {
     ("cpu", "mlp"): 1.42,
     ("cpu", "binarynet"): 0.84,
+    ("cuda", "binarynet"): 2.81,
 }
 # The gain is of the trials' training alone; a fused sweep also starts fewer Ray
 # trials, runs and checkpoints. Measured on the AVX-512 EPYC with an MLP gain of 1.16
