@@ -114,8 +114,12 @@ def test_a_sweep_killed_anywhere_finishes_with_nothing_lost(workdir, tmp_path, f
         driver = start_run(args, workdir, env=env)
         runs = 1
         for victim in kills:
-            # Once trials train: a random moment of the sweep.
-            wait_for(lambda: _trial_workers(tag), timeout=300, every=0.2)
+            # Once trials train: a random moment of the sweep (or the command ended).
+            wait_for(
+                lambda running=driver: _trial_workers(tag) or running.poll() is not None,
+                timeout=300,
+                every=0.2,
+            )
             time.sleep(chance.uniform(1.0, 4.0))
             if driver.poll() is not None:
                 break  # it finished before this kill: nothing left to disturb
@@ -143,7 +147,7 @@ def test_a_sweep_killed_anywhere_finishes_with_nothing_lost(workdir, tmp_path, f
             runs += 1
         print(f"chaos fuse={fuse}: kills {seen}, {runs} runs of the command", flush=True)
         assert driver.returncode == 0, (seen, output[-3000:])
-        assert len(seen) >= 2, f"the sweep ended before most kills: {seen}"
+        assert len(seen) >= 2, (f"the sweep ended before most kills: {seen}", output[-3000:])
         wait_for(lambda: not _tagged(tag), timeout=60)  # no process of the sweep left
         parents, children = sweep_runs(client, experiment)
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
