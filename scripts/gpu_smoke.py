@@ -324,26 +324,32 @@ class Smoke:
         self.epochs[f"{model}/{precision}"] = figures
         return figures
 
-    def fused_group(self) -> dict[str, Any]:
-        self.need_cuda()
-        import torch
-
+    def _binarynet_members(self, members: int, epochs: int) -> list:
+        """BinaryNet configs on synthetic data, one gamma per member."""
         from bopsweep.config import make_train_config
-        from bopsweep.data import make_synthetic
-        from bopsweep.train import Trainer
 
-        shape, classes, n_train, batch = self.models["binarynet"]
-        configs = [
+        batch = self.models["binarynet"][3]
+        return [
             make_train_config(
                 model="binarynet",
                 dataset="synthetic",
                 hparams_set="bop",
                 hparams={"batch_size": batch, "gamma": 10.0 ** -(2 + k)},
-                epochs=2,
+                epochs=epochs,
                 device=self.device,
             )
-            for k in range(FUSED_MEMBERS)
+            for k in range(members)
         ]
+
+    def fused_group(self) -> dict[str, Any]:
+        self.need_cuda()
+        import torch
+
+        from bopsweep.data import make_synthetic
+        from bopsweep.train import Trainer
+
+        shape, classes, n_train, _ = self.models["binarynet"]
+        configs = self._binarynet_members(FUSED_MEMBERS, epochs=2)
         data = make_synthetic(shape=shape, num_classes=classes, n_train=n_train, n_val=256)
         self.reset_peak()
         trainer = Trainer(configs, data, device=torch.device(self.device))
@@ -529,24 +535,13 @@ print(next(model.parameters()).device)
 
         import torch
 
-        from bopsweep.config import make_train_config
         from bopsweep.data import make_synthetic
         from bopsweep.train import Trainer
 
         shape, classes, _, batch = self.models["binarynet"]
         figures: dict[str, Any] = {}
         for members in (1, FUSED_MEMBERS):
-            configs = [
-                make_train_config(
-                    model="binarynet",
-                    dataset="synthetic",
-                    hparams_set="bop",
-                    hparams={"batch_size": batch, "gamma": 10.0 ** -(2 + k)},
-                    epochs=1,
-                    device=self.device,
-                )
-                for k in range(members)
-            ]
+            configs = self._binarynet_members(members, epochs=1)
             counts = []
             for steps in SYNC_STEPS:
                 data = make_synthetic(
