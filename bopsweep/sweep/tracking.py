@@ -20,6 +20,7 @@ sender thread (what the dataset input, the system metrics and the models are:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -55,6 +56,8 @@ SUMMARY_MODES = {
     "val_loss": "min",
     "train_loss": "min",
 }
+# Tag values are cut to what every MLflow store accepts.
+TAG_VALUE_LIMIT = 5000
 
 
 def summary_modes(metric: str, mode: str) -> dict[str, str]:
@@ -209,10 +212,13 @@ class TrialTracker:
             self.last_step = max((int(m.step) for m in history), default=-1)
             self.resumed = True
         else:
+            # The run's own tags go with its creation: one request fewer a run than
+            # sending them after (a 1,000-trial sweep opens 1,000 runs).
             run = self.client.create_run(
                 self.exp_id,
                 run_name=self.run_name,
                 tags={
+                    **{k: str(v)[:TAG_VALUE_LIMIT] for k, v in self.tags.items()},
                     PARENT_TAG: self.parent_run_id,
                     TRIAL_KEY_TAG: self.trial_key,
                     ROLE_TAG: "trial",
@@ -225,8 +231,9 @@ class TrialTracker:
             self._log_dataset(run_id)
         self.run_id = run_id
         self._start_system_metrics()
-        with self._state:
-            self.pending_tags = {**self.tags, **self.pending_tags}
+        if self.resumed:
+            with self._state:
+                self.pending_tags = {**self.tags, **self.pending_tags}
 
     def _log_dataset(self, run_id: str) -> None:
         from mlflow.entities import DatasetInput, InputTag
@@ -271,7 +278,7 @@ class TrialTracker:
         with self._state:
             tags = dict(self.pending_tags)
         if tags:
-            batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+            batch = [RunTag(k, str(v)[:TAG_VALUE_LIMIT]) for k, v in tags.items()]
             self.client.log_batch(self.run_id, tags=batch, synchronous=True)
             with self._state:
                 for key, value in tags.items():
@@ -345,7 +352,8 @@ class TrialTracker:
                 self._state.release()
                 started, cpu = time.perf_counter(), time.thread_time()
                 try:
-                    self._try(self._send)
+                    with _store_turn(self.uri):
+                        self._try(self._send)
                     self._not_before = time.monotonic() + self.send_interval_s
                 finally:
                     self.send_s += time.perf_counter() - started
@@ -450,6 +458,19 @@ class TrialTracker:
                 return False
             time.sleep(min(max(self._next_try - time.monotonic(), 0.0), 5.0))
         return True
+
+
+_STORE_TURNS: dict[str, threading.Lock] = {}
+
+
+def _store_turn(uri: str):
+    """For a local database store, one sender of this process at a time: the store
+    takes one writer at a time anyway, and MLflow's SQLAlchemy pool (15 connections,
+    a request may hold two) stalls for its 30 s timeout when a fused group's 16
+    senders each take one at once. A tracking server has its own pool: no turn."""
+    if not uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
+        return contextlib.nullcontext()
+    return _STORE_TURNS.setdefault(uri, threading.Lock())
 
 
 def _group_deadline(trackers: list[TrialTracker], timeout_s: float | None) -> float:

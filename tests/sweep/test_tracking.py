@@ -57,6 +57,27 @@ def test_epochs_arrive_in_order_and_the_run_finishes(store):
     assert tracker.send_s > 0
 
 
+def test_a_large_groups_senders_share_a_local_store_without_stalling(store):
+    """Twenty members' senders wake at once for their epochs (a fused group of 16 or
+    more is what a 1,000-trial grid makes): on a local database store they take
+    turns; all at once they used up MLflow's SQLAlchemy pool (15 connections) and
+    stalled for its 30 s timeout."""
+    exp_id, parent = _parent(store)
+    trackers = [
+        tracking.TrialTracker(store, exp_id, parent, k, f"t{k}", tags={"swept.k": str(k)})
+        for k in range(20)
+    ]
+    for tracker in trackers:
+        tracker.log_epoch(_epoch(0), step=0)
+    assert tracking.flush_all(trackers, 20.0), "some members' epochs were not sent"
+    assert not tracking.finish_all(trackers, "FINISHED")
+    client = mlflow_client.client(store)
+    for k, tracker in enumerate(trackers):
+        run = client.get_run(tracker.run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["swept.k"] == str(k)
+        assert [m.step for m in client.get_metric_history(tracker.run_id, "epoch")] == [0]
+
+
 def test_a_per_step_series_is_logged_at_its_steps_with_its_epoch(store):
     exp_id, parent = _parent(store)
     tracker = tracking.TrialTracker(store, exp_id, parent, 0, "t0")
