@@ -289,39 +289,6 @@ def test_tracking_outage_loses_nothing(workdir, tmp_path):
         server.stop()
 
 
-def test_server_that_never_returns_is_filled_by_sync(workdir, tmp_path):
-    """Here the two trials train fused: sync reads each member's epochs from the
-    group's results (unfused trials' results are read the same way, one per folder)."""
-    server = start_mlflow_server(tmp_path / "gone")
-    experiment = "e2e-sync"
-    client = MlflowClient(server.uri)
-    try:
-        driver = _two_trials_logging_to(
-            server, experiment, workdir, env={"BOPSWEEP_TRACKING_DRAIN_S": "3"}, fuse="2"
-        )
-        server.stop()
-        output, _ = driver.communicate(timeout=400)
-        assert driver.returncode == 1, output[-3000:]
-        assert "bopsweep sync quickstart" in output
-        server.start()
-        _, children = sweep_runs(client, experiment)
-        assert any(len(client.get_metric_history(c.info.run_id, "epoch")) < 40 for c in children), (
-            "the outage should have left epochs behind"
-        )
-        synced = bopsweep("sync", "quickstart", cwd=workdir)
-        assert synced.returncode == 0, synced.stderr[-3000:]
-        parents, children = sweep_runs(client, experiment)
-        assert len(parents) == 1 and len(children) == 2
-        assert parents[0].info.status == "FINISHED"
-        for child in children:
-            assert child.info.status == "FINISHED"
-            assert_each_step_once(client, child.info.run_id, 40)
-        again = bopsweep("sync", "quickstart", cwd=workdir)
-        assert again.returncode == 0 and "0 epochs sent" in again.stderr
-    finally:
-        server.stop()
-
-
 def test_a_rerun_waits_for_the_server_and_ends_complete(workdir, tmp_path):
     """A sweep whose server went away ends with epochs left behind; the same command,
     run while the server is still down, waits for it (the sweep's parent run is
@@ -336,6 +303,7 @@ def test_a_rerun_waits_for_the_server_and_ends_complete(workdir, tmp_path):
         server.stop()
         output, _ = driver.communicate(timeout=400)
         assert driver.returncode == 1, output[-3000:]
+        assert "bopsweep sync quickstart" in output
         rerun = start_run(driver.args[2:], workdir, env=env)
         time.sleep(6)  # the rerun finds no server, and waits
         server.start()
@@ -358,7 +326,8 @@ def test_a_rerun_without_its_server_trains_now_and_sync_completes_it(workdir, tm
     """The driver dies mid-sweep, then the tracking server goes away too: the rerun,
     told to go on without it, trains the rest (no trial waits for the server), ends
     with the sync hint, and once the server is back `bopsweep sync` makes every run
-    complete: each epoch and each optimizer step of the per-step series once."""
+    complete from the fused group's results: each epoch and each optimizer step of
+    the per-step series once; a second sync has nothing left to send."""
     server = start_mlflow_server(tmp_path / "away")
     experiment = "e2e-without-tracking"
     client = MlflowClient(server.uri)
@@ -390,6 +359,8 @@ def test_a_rerun_without_its_server_trains_now_and_sync_completes_it(workdir, tm
         for child in children:
             assert child.info.status == "FINISHED"
             assert_each_step_once(client, child.info.run_id, epochs)
+        again = bopsweep("sync", "quickstart", cwd=workdir)
+        assert again.returncode == 0 and "0 epochs sent" in again.stderr
     finally:
         server.stop()
 
