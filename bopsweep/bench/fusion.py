@@ -44,13 +44,14 @@ GPU_GAIN_TARGET = 3.0
 def _quickstart(context: Context, fuse: str) -> dict[str, Any]:
     plan = context.plan
     spec = quickstart_spec_path()
-    overrides = [f"fuse={fuse}"]
+    overrides = []
     if plan.quick:
         overrides += [
             f"train.epochs={plan.sweep_epochs}",
             "parameters.hparams.gamma.values=[1.0e-3]",
             "parameters.hparams.threshold.values=[0.0, 1.0e-6]",
         ]
+    overrides.append(f"fuse={fuse}")
     from bopsweep.data import load_dataset
     from bopsweep.sweep.spec import expand, load_spec
 
@@ -58,9 +59,13 @@ def _quickstart(context: Context, fuse: str) -> dict[str, Any]:
     sizes = {name: len(load_dataset(name).train_y) for name in {t.train.dataset for t in trials}}
     train_samples = sum(sizes[t.train.dataset] * t.train.resolved_hparams().epochs for t in trials)
     overhead = context.sections.get("sweep_overhead", {})
-    if fuse == "auto" and not plan.quick and "timeline" in overhead:
-        # sweep_overhead ran this very command (the quickstart as shipped, fuse: auto)
-        # earlier in this bench: its run is this one, not run a second time.
+    same = overhead.get("overrides", []) == overrides or (
+        not plan.quick and fuse == "auto" and overhead.get("fuse") == "auto"
+    )
+    if same and "timeline" in overhead:
+        # sweep_overhead ran this very command earlier in this bench (the
+        # quickstart as shipped; in a quick bench its fused smoke run): its run is
+        # this one, not run a second time.
         wall = overhead["wall_s"]
         figures = _figures(wall, overhead["timeline"], overhead["ray_trials"])
         figures["run_by"] = "sweep_overhead"
@@ -121,7 +126,7 @@ def measure(context: Context) -> dict[str, Any]:
     if device.type == "cpu":
         # The quickstart is a CPU sweep (device: cpu in its spec). The smoke run's two
         # trials would run unfused under auto (one per CPU): fused explicitly there,
-        # and only fused (its unfused run is sweep_overhead's).
+        # as sweep_overhead's smoke run is, and only fused.
         runs = (("auto", "2"),) if plan.quick else (("off", "off"), ("auto", "auto"))
         for label, fuse in runs:
             section["quickstart"][label] = {"fuse": fuse, **_quickstart(context, fuse)}

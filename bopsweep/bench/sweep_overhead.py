@@ -10,7 +10,8 @@ trial gets, in as many fresh processes side by side as the sweep runs trials at 
 time (trial ``i`` in process ``i % slots``), so the ideal is the longest process's
 sum; the same with ``fit()`` alone is reported beside it. The difference is split
 with the sweep's own ``timeline.json`` (see :mod:`bopsweep.sweep.runner`).
-``--quick`` runs 2 trials of 1 epoch (a smoke run of the measurement).
+``--quick`` runs 2 trials of 1 epoch fused in one group (a smoke run of the
+measurement, which the fusion section's smoke run reuses).
 """
 
 from __future__ import annotations
@@ -95,13 +96,17 @@ def split(
 def measure(context: Context) -> dict[str, Any]:
     plan, workdir = context.plan, context.workdir
     spec = quickstart_spec_path()
-    overrides = []
+    overrides, fuse = [], "auto"
     if plan.quick:
         thresholds = ["0.0", "1.0e-6", "1.0e-5"][: plan.sweep_trials]
+        # Fused explicitly (auto runs two trials on two CPUs unfused): the fusion
+        # section's smoke run is this one, not a second sweep.
+        fuse = str(plan.sweep_trials)
         overrides = [
             f"train.epochs={plan.sweep_epochs}",
             "parameters.hparams.gamma.values=[1.0e-3]",
             f"parameters.hparams.threshold.values=[{', '.join(thresholds)}]",
+            f"fuse={fuse}",
         ]
     from bopsweep.sweep.spec import load_spec
 
@@ -155,6 +160,8 @@ def measure(context: Context) -> dict[str, Any]:
     bound = TARGET_FACTOR * ideal + TARGET_FIXED_S
     return {
         "trials": len(direct),
+        "fuse": fuse,
+        "overrides": overrides,
         "epochs_per_trial": loaded.spec.train.epochs,
         "cpus_per_trial": cpus,
         "concurrency": slots,

@@ -7,13 +7,15 @@ from bopsweep.bench.common import BATCH_SIZE, FULL, QUICK
 
 
 def test_the_quickstart_ran_fused(quick_bench):
-    """The smoke run runs the quickstart fused only: its unfused run is the same
-    command as sweep_overhead's (a full run measures both, interleaved)."""
+    """The smoke run has the quickstart fused only, and it is sweep_overhead's smoke
+    run (the same command), not a second sweep; a full run measures both."""
     _, results = quick_bench
     section = results["sections"]["fusion"]
     assert set(section["quickstart"]) == {"auto"}
     fused = section["quickstart"]["auto"]
     assert fused["ray_trials"] == ["fused_000"]
+    assert fused["run_by"] == "sweep_overhead"
+    assert results["sections"]["sweep_overhead"]["ray_trials"] == ["fused_000"]
     assert fused["wall_s"] > 0 and fused["samples_per_s"] > 0
 
 
