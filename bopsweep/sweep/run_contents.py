@@ -1,5 +1,6 @@
 """What a trial's MLflow run holds besides its metrics: its training data as an MLflow
-dataset input, MLflow's system metrics, and its models as MLflow models.
+dataset input, MLflow's system metrics (one sampler a process), and its models as
+MLflow models.
 
 The trial tracker (:mod:`bopsweep.sweep.tracking`) sends both from its sender thread;
 here is what they are: the dataset entity of the data a trial trained on, and the
@@ -10,8 +11,10 @@ has (raw pixel values) with a signature that says so.
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bopsweep.sweep.mlflow_client import fluent_target
 
@@ -120,36 +123,85 @@ def mlflow_dataset(name: str, data_dir: str, data) -> Any:
     return MetaDataset(source=source_obj, name=name)
 
 
-def start_system_metrics(run_id: str, uri: str, interval_s: float, *, resumed: bool):
-    """MLflow's own monitor (CPU, memory, disk, network; GPUs through nvidia-ml-py
-    when installed) of run ``run_id``: a thread sampling every ``interval_s`` seconds
-    that logs into the run. Raises what MLflow raises (psutil missing, ...)."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+class SystemSampler:
+    """MLflow's system metrics (CPU, memory, disk, network; GPUs through
+    nvidia-ml-py when installed) sampled once per interval for every run this process
+    logs: the members of a fused group share the machine, so one sample serves them
+    all, and each member's tracker sends it with its epochs, in the same request.
 
-    monitor = SystemMetricsMonitor(
-        run_id,
-        sampling_interval=interval_s,
-        samples_before_logging=1,
-        resume_logging=resumed,
-        tracking_uri=uri,
-    )
-    # One sample now, before the monitor's thread starts: a trial that a scheduler
-    # stops (Ray may abandon its thread without an exception) still has one.
-    monitor.collect_metrics()
-    monitor.publish_metrics(monitor.aggregate_metrics())
-    monitor.start()
-    return monitor
+    MLflow's own ``SystemMetricsMonitor`` is one thread per run polling its run every
+    interval: for a group of 16 members, 16 threads and 32 requests an interval (and
+    on a local store they exhausted its connection pool). Its monitors do the
+    sampling here; its logging is not used.
+    """
 
+    _shared: ClassVar[dict[float, SystemSampler]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
-def stop_system_metrics(monitor) -> None:
-    with contextlib.suppress(Exception):
-        monitor.finish()
-        if getattr(monitor, "_logging_step", 1) == 0:
-            # A run shorter than one interval: MLflow's monitor logged nothing; one
-            # sample (since the monitor started) is better than none.
-            monitor.collect_metrics()
-            monitor.publish_metrics(monitor.aggregate_metrics())
-            monitor.mlflow_logger.flush()
+    def __init__(self, interval_s: float) -> None:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # A sampler only: its run id is never used (nothing is started or logged).
+        self._monitor = SystemMetricsMonitor("", sampling_interval=interval_s)
+        node = self._monitor.node_id
+        self.prefix = "system/" + (f"{node}/" if node else "")
+        self.interval_s = self._monitor.sampling_interval
+        self._subscribers: list[Callable[[dict[str, float]], None]] = []
+        self._latest: dict[str, float] | None = None
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def shared(cls, interval_s: float) -> SystemSampler:
+        """This process's sampler at ``interval_s`` (built once; raises what MLflow
+        raises, e.g. psutil missing)."""
+        with cls._lock:
+            sampler = cls._shared.get(interval_s)
+            if sampler is None:
+                sampler = cls._shared[interval_s] = cls(interval_s)
+            return sampler
+
+    def sample(self) -> dict[str, float]:
+        """One sample now (averaged over the time since the last, for rates)."""
+        self._monitor.collect_metrics()
+        values = {self.prefix + k: float(v) for k, v in self._monitor.aggregate_metrics().items()}
+        for monitor in self._monitor.monitors:
+            monitor.clear_metrics()
+        return values
+
+    def subscribe(self, receive: Callable[[dict[str, float]], None]) -> None:
+        """``receive`` gets a sample now (a run a scheduler stops early still has
+        one) and one every interval until :meth:`unsubscribe`."""
+        with self._lock:
+            if self._latest is None:
+                self._latest = self.sample()
+            receive(self._latest)
+            self._subscribers.append(receive)
+            if self._thread is None:
+                self._wake.clear()
+                self._thread = threading.Thread(
+                    target=self._loop, name="bopsweep-system-metrics", daemon=True
+                )
+                self._thread.start()
+
+    def unsubscribe(self, receive: Callable[[dict[str, float]], None]) -> None:
+        with self._lock:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(receive)
+            if not self._subscribers and self._thread is not None:
+                self._thread, self._latest = None, None
+                self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._wake.wait(self.interval_s):
+            values = self.sample()
+            with self._lock:
+                if self._wake.is_set():
+                    return
+                self._latest = values
+                receivers = list(self._subscribers)
+            for receive in receivers:
+                receive(values)
 
 
 class ModelKeeper:

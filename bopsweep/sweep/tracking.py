@@ -42,10 +42,9 @@ from bopsweep.sweep.mlflow_client import (
     unreachable_errors,
 )
 from bopsweep.sweep.run_contents import (
+    SystemSampler,
     log_pytorch_model,
     mlflow_dataset,
-    start_system_metrics,
-    stop_system_metrics,
 )
 
 # Summary metrics: ``best_<name>`` of each, logged with every epoch, so the runs
@@ -58,6 +57,8 @@ SUMMARY_MODES = {
 }
 # Tag values are cut to what every MLflow store accepts.
 TAG_VALUE_LIMIT = 5000
+# The most metrics one log_batch request takes.
+MAX_BATCH_METRICS = 1000
 
 
 def summary_modes(metric: str, mode: str) -> dict[str, str]:
@@ -136,7 +137,10 @@ class TrialTracker:
         # Builds the run's dataset input (an mlflow.data Dataset), in the sender.
         self.dataset = dataset
         self.system_metrics_s = system_metrics_s
-        self._monitor = None
+        self._sampler: SystemSampler | None = None
+        # The system metrics' samples not sent yet, and the step of the next one.
+        self.pending_system: list = []
+        self.system_step = 0
         # Model logging jobs, run by the sender after the epochs queued before them.
         self.pending_jobs: deque[tuple[str, Callable[[], None]]] = deque()
         self.job_errors: list[str] = []
@@ -211,6 +215,12 @@ class TrialTracker:
             history = self.client.get_metric_history(run.info.run_id, "epoch")
             self.last_step = max((int(m.step) for m in history), default=-1)
             self.resumed = True
+            # System metrics go on from the run's last sample (as MLflow's monitor
+            # resumes: the latest value of each metric carries its step).
+            steps = [
+                m.step for m in getattr(run.data, "_metric_objs", ()) if m.key.startswith("system/")
+            ]
+            self.system_step = max(steps, default=-1) + 1
         else:
             # The run's own tags go with its creation: one request fewer a run than
             # sending them after (a 1,000-trial sweep opens 1,000 runs).
@@ -247,22 +257,24 @@ class TrialTracker:
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
 
     def _start_system_metrics(self) -> None:
-        if self.system_metrics_s is None or self._monitor is not None:
+        if self.system_metrics_s is None or self._sampler is not None:
             return
         try:
-            self._monitor = start_system_metrics(
-                self.run_id, self.uri, self.system_metrics_s, resumed=self.resumed
-            )
+            self._sampler = SystemSampler.shared(self.system_metrics_s)
         except Exception as error:  # psutil missing, an old MLflow: no system metrics
             self.pending_tags["bopsweep.system_metrics_error"] = f"{type(error).__name__}: {error}"
+            return
+        self._sampler.subscribe(self.log_system)
 
     def _stop_system_metrics(self) -> None:
-        monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            stop_system_metrics(monitor)
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.unsubscribe(self.log_system)
 
     def _has_work(self) -> bool:
-        return self.run_id is None or bool(self.pending or self.pending_tags or self.pending_jobs)
+        return self.run_id is None or bool(
+            self.pending or self.pending_tags or self.pending_jobs or self.pending_system
+        )
 
     def _send(self) -> None:
         from mlflow.entities import RunTag
@@ -287,15 +299,17 @@ class TrialTracker:
         while True:
             with self._state:
                 queued = list(self.pending)
-            if not queued:
+                system = self.pending_system[:MAX_BATCH_METRICS]
+            if not queued and not system:
                 self._run_jobs()
                 return
             # Every queued epoch in one request, up to log_batch's 1000 metrics (an
-            # epoch has a few dozen); steps the run already holds are left out.
-            metrics: list = []
+            # epoch has a few dozen), with the system metrics' samples; steps the run
+            # already holds are left out.
+            metrics: list = list(system)
             last, taken = self.last_step, 0
             for step, batch in queued:
-                if metrics and len(metrics) + len(batch) > 1000:
+                if metrics and len(metrics) + len(batch) > MAX_BATCH_METRICS:
                     break
                 taken += 1
                 if step > last:
@@ -307,6 +321,7 @@ class TrialTracker:
             with self._state:
                 for _ in range(taken):
                     self.pending.popleft()
+                del self.pending_system[: len(system)]
                 self._state.notify_all()
 
     def _run_jobs(self) -> None:
@@ -396,6 +411,16 @@ class TrialTracker:
             # training for nothing.
             if self._idle:
                 self._state.notify_all()
+
+    def log_system(self, values: Mapping[str, float]) -> None:
+        """Queue a sample of the system metrics (from :class:`SystemSampler`) as the
+        run's next system step; sent with the next epoch or flush."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        with self._state:
+            step, self.system_step = self.system_step, self.system_step + 1
+            self.pending_system.extend(Metric(k, v, now, step) for k, v in values.items())
 
     def log_model(self, model, name: str, example, registered_name: str | None = None) -> None:
         """Queue ``model`` (a torch module, not trained further) as the MLflow model

@@ -203,3 +203,43 @@ def test_a_run_gets_summary_metrics_its_dataset_and_system_metrics(shared_store)
     assert '"features_shape": [32, 1, 4, 4]' in used.dataset.profile
     assert "system/cpu_utilization_percentage" in run.data.metrics
     assert "system/system_memory_usage_megabytes" in run.data.metrics
+    history = client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")
+    steps = sorted(m.step for m in history)
+    assert len(steps) >= 2 and steps == list(range(len(steps))), steps
+
+
+def test_a_groups_members_share_one_system_sampler_and_a_resumed_run_goes_on(store):
+    """One sampling thread for the process, whatever the members; each member's run
+    gets every sample once, and a run resumed after a crash continues its steps."""
+    import threading
+
+    exp_id, parent = _parent(store)
+    sweep = SweepContext(store, exp_id, parent, system_metrics_s=0.2)
+    options = {"system_metrics_s": sweep.system_metrics_s}
+    trackers = [
+        tracking.TrialTracker(store, exp_id, parent, k, f"t{k}", **options) for k in range(3)
+    ]
+    time.sleep(0.5)
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("bopsweep-system-metrics") == 1 and "SystemMetricsMonitor" not in names
+    for tracker in trackers:
+        tracker.log_epoch(_epoch(0), step=0)
+    assert not tracking.finish_all(trackers, "FINISHED")
+    client = mlflow_client.client(store)
+    key = "system/system_memory_usage_megabytes"
+    counts = []
+    for tracker in trackers:
+        steps = sorted(m.step for m in client.get_metric_history(tracker.run_id, key))
+        assert steps == list(range(len(steps))) and steps, steps
+        counts.append(len(steps))
+    time.sleep(0.3)
+    assert "bopsweep-system-metrics" not in [t.name for t in threading.enumerate()]
+    # The first member's trial runs again (its run resumed, not finished: as after
+    # a killed worker).
+    client.update_run(trackers[0].run_id, status="RUNNING")
+    again = tracking.TrialTracker(store, exp_id, parent, 0, "t0", **options)
+    assert again.resumed
+    again.log_epoch(_epoch(1), step=1)
+    assert again.finish("FINISHED")
+    steps = sorted(m.step for m in client.get_metric_history(again.run_id, key))
+    assert steps == list(range(len(steps))) and len(steps) > counts[0]
