@@ -138,11 +138,13 @@ class SystemSampler:
     _shared: ClassVar[dict[float, SystemSampler]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, uri: str) -> None:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         # A sampler only: its run id is never used (nothing is started or logged).
-        self._monitor = SystemMetricsMonitor("", sampling_interval=interval_s)
+        # The runs' own store, for the client it builds: MLflow's default would
+        # create a new store in the working directory.
+        self._monitor = SystemMetricsMonitor("", sampling_interval=interval_s, tracking_uri=uri)
         node = self._monitor.node_id
         self.prefix = "system/" + (f"{node}/" if node else "")
         self.interval_s = self._monitor.sampling_interval
@@ -152,13 +154,13 @@ class SystemSampler:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def shared(cls, interval_s: float) -> SystemSampler:
+    def shared(cls, interval_s: float, uri: str) -> SystemSampler:
         """This process's sampler at ``interval_s`` (built once; raises what MLflow
         raises, e.g. psutil missing)."""
         with cls._lock:
             sampler = cls._shared.get(interval_s)
             if sampler is None:
-                sampler = cls._shared[interval_s] = cls(interval_s)
+                sampler = cls._shared[interval_s] = cls(interval_s, uri)
             return sampler
 
     def sample(self) -> dict[str, float]:

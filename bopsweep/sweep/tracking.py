@@ -260,7 +260,7 @@ class TrialTracker:
         if self.system_metrics_s is None or self._sampler is not None:
             return
         try:
-            self._sampler = SystemSampler.shared(self.system_metrics_s)
+            self._sampler = SystemSampler.shared(self.system_metrics_s, self.uri)
         except Exception as error:  # psutil missing, an old MLflow: no system metrics
             self.pending_tags["bopsweep.system_metrics_error"] = f"{type(error).__name__}: {error}"
             return
