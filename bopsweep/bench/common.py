@@ -65,9 +65,10 @@ class Plan:
     log_server: bool  # a real `mlflow server`, or a sqlite URI
     memory_steps: int
     shared_images_per_batch: int  # CIFAR-10 files of this size for the sharing probe
-    # BinaryNet's batch in the fusion section's member comparison: the paper's 100, or
-    # a smaller one for the smoke run (a CPU without AVX-512 steps 100 images in ~3 s).
-    member_batch_size: int
+    # BinaryNet's batch in the train-step, memory and fusion sections: the paper's 100,
+    # or a smaller one for the smoke run, which only has to run each measurement's code
+    # (a CPU without AVX-512 steps 100 images in ~3 s).
+    binarynet_batch_size: int
     # Seconds for the whole member comparison (every K): a K whose rounds would end
     # past it, projected from the smaller K's, is left out (fp32 BinaryNet on a CPU
     # without AVX-512: one K = 9 round takes about a minute).
@@ -96,7 +97,7 @@ FULL = Plan(
     log_server=True,
     memory_steps=4,
     shared_images_per_batch=10_000,  # the real CIFAR-10: 50,000 + 10,000 images
-    member_batch_size=BATCH_SIZE,
+    binarynet_batch_size=BATCH_SIZE,
     member_budget_s=90.0,
     startup_rounds=7,
     startup_warmup=1,
@@ -119,7 +120,7 @@ QUICK = Plan(
     log_server=False,
     memory_steps=1,
     shared_images_per_batch=500,
-    member_batch_size=10,
+    binarynet_batch_size=10,
     member_budget_s=60.0,
     startup_rounds=1,
     startup_warmup=0,
@@ -393,12 +394,12 @@ def ray_trials(results: Path) -> list[str]:
     return sorted(p.name for p in results.iterdir() if p.name.startswith(("trial_", "fused_")))
 
 
-def binarynet_config(device: str, precision: str):
-    """The training config the train-step and memory sections measure: the paper's
-    BinaryNet with the ``bop`` set on synthetic CIFAR-shaped data."""
+def binarynet_config(device: str, precision: str, batch_size: int = BATCH_SIZE):
+    """The training config the train-step, memory and fusion sections measure: the
+    paper's BinaryNet with the ``bop`` set on synthetic CIFAR-shaped data."""
     from bopsweep.config import make_train_config
 
-    return make_train_config(
+    config = make_train_config(
         model="binarynet",
         dataset="synthetic",
         preprocess_fn="resize_and_flip",
@@ -407,3 +408,4 @@ def binarynet_config(device: str, precision: str):
         device=device,
         precision=precision,
     )
+    return config.model_copy(update={"hparams": {**config.hparams, "batch_size": batch_size}})

@@ -104,10 +104,9 @@ def _members(device, members: int, batch_size: int):
     from bopsweep.train import Trainer
 
     precision = "bf16" if _native(device) else "fp32"
-    base = binarynet_config(device.type, precision)
+    base = binarynet_config(device.type, precision, batch_size)
     gammas = [10.0 ** -(3 + k / max(1, members - 1)) for k in range(members)]
-    hparams = {**base.hparams, "batch_size": batch_size}
-    configs = [base.model_copy(update={"hparams": {**hparams, "gamma": g}}) for g in gammas]
+    configs = [base.model_copy(update={"hparams": {**base.hparams, "gamma": g}}) for g in gammas]
     data = make_synthetic(n_train=batch_size, n_val=2)
     fused = Trainer(configs, data, device=device)
     separate = [Trainer(c, data, device=device) for c in configs]
@@ -131,7 +130,7 @@ def measure(context: Context) -> dict[str, Any]:
         for label, fuse in runs:
             section["quickstart"][label] = {"fuse": fuse, **_quickstart(context, fuse)}
     sizes = (1, 2) if plan.quick else (1, 3, 9)
-    batch = plan.member_batch_size
+    batch = plan.binarynet_batch_size
     started, per_member_round = time.perf_counter(), None
     for members in sizes:
         if per_member_round is not None:

@@ -29,21 +29,24 @@ from bopsweep.bench.common import (
 )
 
 
-def training_memory_probe(device: str, precision: str, steps: int) -> dict[str, float]:
+def training_memory_probe(
+    device: str, precision: str, steps: int, batch_size: int = BATCH_SIZE
+) -> dict[str, float]:
     """Run in a fresh process: RSS after imports, and peak RSS over ``steps`` BinaryNet
-    training steps at batch 100 through the Trainer."""
+    training steps through the Trainer."""
     from bopsweep.data import make_synthetic
     from bopsweep.train import Trainer
 
-    data = make_synthetic(n_train=BATCH_SIZE * steps, n_val=2)
+    data = make_synthetic(n_train=batch_size * steps, n_val=2)
     before = rss_bytes()
-    config = binarynet_config(device, precision)
+    config = binarynet_config(device, precision, batch_size)
     trainer = Trainer(config, data)
     trainer.train_epoch()
     out = {
         "rss_before_mb": mib(before),
         "peak_rss_mb": mib(peak_rss_bytes()),
         "steps": steps,
+        "batch_size": batch_size,
     }
     if trainer.device.type == "cuda":
         out["cuda_peak_allocated_mb"] = mib(torch.cuda.max_memory_allocated())
@@ -143,7 +146,8 @@ def measure(context: Context) -> dict[str, Any]:
     for precision in precisions:
         code = (
             "import json; from bopsweep.bench.memory import training_memory_probe as probe; "
-            f"print(json.dumps(probe({device.type!r}, {precision!r}, {plan.memory_steps})))"
+            f"print(json.dumps(probe({device.type!r}, {precision!r}, {plan.memory_steps}, "
+            f"{plan.binarynet_batch_size})))"
         )
         done = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=600
@@ -172,7 +176,7 @@ def rows(section: dict[str, Any]) -> list[Row]:
             out.append(
                 (
                     name,
-                    f"{key} peak RSS",
+                    f"{key} peak RSS (batch {probe.get('batch_size', 100)})",
                     f"{probe['peak_rss_mb']:.0f} MiB (+{probe['training_mb']:.0f} over imports)",
                     "",
                     "",

@@ -1,7 +1,7 @@
 """Bench section ``train_step``: what binarization costs in a training step, and how
 close the step comes to what the hardware can do.
 
-A BinaryNet training step at batch 100 through the real
+A BinaryNet training step at batch 100 (10 in ``--quick``'s smoke run) through the real
 :class:`~bopsweep.train.Trainer` (Bop + Adam) against the same network in full
 precision with Adam, in float32 and, where the device computes bf16 natively, under
 bfloat16 autocast (emulated bf16 is ~20x slower and measuring it would only make the
@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from bopsweep.bench.common import (
-    BATCH_SIZE,
     Context,
     Row,
     binarynet_config,
@@ -100,14 +99,14 @@ def full_precision_copy(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _trainers(device: torch.device, precision: str):
+def _trainers(device: torch.device, precision: str, batch_size: int):
     from bopsweep.bnn.case import CaseOptimizer
     from bopsweep.data import make_synthetic
     from bopsweep.train import Trainer
 
-    config = binarynet_config(device.type, precision)
+    config = binarynet_config(device.type, precision, batch_size)
     # One batch per epoch: each train_epoch() is one step of the real loop.
-    data = make_synthetic(n_train=BATCH_SIZE, n_val=2)
+    data = make_synthetic(n_train=batch_size, n_val=2)
     bnn = Trainer(config, data, device=device)
     fp = Trainer(config, data, device=device)
     fp.model = full_precision_copy(fp.model)
@@ -122,10 +121,11 @@ def _trainers(device: torch.device, precision: str):
 
 def measure(context: Context) -> dict[str, Any]:
     device, plan = context.device, context.plan
+    batch = plan.binarynet_batch_size
     precisions = ("fp32", "bf16") if context.native_bf16 else ("fp32",)
     candidates = {}
     for precision in precisions:
-        bnn, fp = _trainers(device, precision)
+        bnn, fp = _trainers(device, precision, batch)
         candidates[f"bnn_{precision}"] = bnn.train_epoch
         candidates[f"fp_{precision}"] = fp.train_epoch
     timings = interleaved(
@@ -135,17 +135,17 @@ def measure(context: Context) -> dict[str, Any]:
         device=device,
         budget_s=plan.train_budget_s,
     )
-    out: dict[str, Any] = {"batch_size": BATCH_SIZE, "precisions": list(precisions), **timings}
+    out: dict[str, Any] = {"batch_size": batch, "precisions": list(precisions), **timings}
     if "bf16" not in precisions:
         out["bf16"] = context.not_native()
     for name, timing in timings.items():
-        out[f"{name}_images_per_s"] = BATCH_SIZE / timing["median_s"]
+        out[f"{name}_images_per_s"] = batch / timing["median_s"]
     for precision in precisions:
         ratio = timings[f"bnn_{precision}"]["median_s"] / timings[f"fp_{precision}"]["median_s"]
         out[f"bnn_vs_fp_{precision}"] = ratio
     # The roofline: after the timings, on the same threads and the same warm caches.
-    out["step_gflop_per_image"] = step_flops(candidates["bnn_fp32"]) / BATCH_SIZE / 1e9
-    peaks = peak_flops_per_s(device)
+    out["step_gflop_per_image"] = step_flops(candidates["bnn_fp32"]) / batch / 1e9
+    peaks = peak_flops_per_s(device, rounds=1 if plan.quick else 5)
     out["sgemm_gflop_per_s"] = peaks["sgemm"] / 1e9
     out["conv_gflop_per_s"] = peaks["conv"] / 1e9
     out["peak_gflop_per_s"] = max(peaks.values()) / 1e9
@@ -176,11 +176,13 @@ def measure(context: Context) -> dict[str, Any]:
 def rows(section: dict[str, Any]) -> list[Row]:
     name = "train_step"
     out: list[Row] = []
+    batch = section.get("batch_size", 100)
     for precision in section.get("precisions", ("fp32", "bf16")):
         for kind in ("bnn", "fp"):
             key = f"{kind}_{precision}"
             rate = section[f"{key}_images_per_s"]
-            out.append((name, f"{key} images/s", f"{rate:.1f} ({ms(section[key])}/step)", "", ""))
+            what = f"{rate:.1f} ({ms(section[key])}/step of {batch})"
+            out.append((name, f"{key} images/s", what, "", ""))
     if "bf16" in section:
         out.append((name, "bnn_bf16, fp_bf16", section["bf16"], "", ""))
     out.append(

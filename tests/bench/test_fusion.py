@@ -27,11 +27,11 @@ def test_binarynet_members_fused_and_separate_are_timed(quick_bench):
         assert row["fused_member_samples_per_s"] > 0
         assert row["gain"] == row["separate_steps_s"] / row["fused_step_s"]
         assert row["rounds"] >= 1, members
-        assert row["batch_size"] == QUICK.member_batch_size
+        assert row["batch_size"] == QUICK.binarynet_batch_size
 
 
 def test_the_full_bench_compares_members_at_the_papers_batch():
-    assert FULL.member_batch_size == BATCH_SIZE == 100
+    assert FULL.binarynet_batch_size == BATCH_SIZE == 100
 
 
 def test_a_member_count_past_the_budget_is_left_out(monkeypatch, tmp_path):
