@@ -458,5 +458,17 @@ def member_results(ray_trial, result: dict | None = None) -> dict[int, dict]:
 def shutdown() -> None:
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    if not ray.is_initialized():
+        return
+    # A local instance's autoscaler monitor (it scales nothing here) ignores SIGTERM:
+    # ray.shutdown() waits a whole second for it before it SIGKILLs it, a second at
+    # the end of every sweep. It is killed first; connected to a cluster, this process
+    # started no monitor and nothing is killed. Ray's node object is private: a Ray
+    # without it only loses the second.
+    node = getattr(ray._private.worker, "_global_node", None)
+    try:
+        if node is not None:
+            node.kill_monitor(check_alive=False)
+    except Exception:  # an optimisation: shutdown goes on
+        logging.getLogger("bopsweep").debug("could not stop Ray's monitor", exc_info=True)
+    ray.shutdown()
