@@ -132,9 +132,11 @@ def local_ray():
     tests' own tasks use it as it is."""
     import ray
 
+    from bopsweep.sweep import ray_backend
+
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
-    ray.shutdown()
+    ray_backend.shutdown()
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def dataset_sharing_probe(plan: Plan, workdir: Path) -> dict[str, Any]:
 
     from bopsweep.config import TrainConfig
     from bopsweep.data import load_dataset
-    from bopsweep.sweep import datacache
+    from bopsweep.sweep import datacache, ray_backend
 
     root = _write_cifar10(workdir / "cifar10-full", plan.shared_images_per_batch)
     config = TrainConfig(model="mlp", dataset="cifar10", data_dir=str(root))
@@ -121,7 +121,7 @@ def dataset_sharing_probe(plan: Plan, workdir: Path) -> dict[str, Any]:
         own = ray.get([trial.remote(False) for _ in range(2)])
     finally:
         if started_here:
-            ray.shutdown()
+            ray_backend.shutdown()
     images = 6 * plan.shared_images_per_batch
     return {
         "images": images,
