@@ -359,6 +359,12 @@ def _error_file(folder: SweepFolder, dirname: str | None) -> str | None:
 
 
 # --------------------------------------------------------------------- 5. report
+def _import_plotting() -> None:
+    from bopsweep.sweep.report import figures
+
+    figures.import_plotting()
+
+
 def write_report(outcome: SweepOutcome, folder: SweepFolder) -> None:
     """Leaderboard, curves and heatmaps into the parent run (and the results folder).
 
@@ -436,6 +442,8 @@ def run_sweep(
                 timeline.mark("ray_started")
                 outcome = parent.result()
                 timeline.mark("parent_run")
+            # The report's imports while the trials train, not after them.
+            background.submit(_import_plotting)
             ray_trials, errors = run_trials(plan, outcome, listener, timeline)
             timeline.mark("trials_done")
             settle(plan, outcome, ray_trials, errors, time.time() - timeline.marks["tuner_built"])
