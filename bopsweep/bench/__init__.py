@@ -12,6 +12,8 @@ Sections, in the order they run:
 * ``data_pipeline``: the device pipeline against torchvision DataLoaders.
 * ``logging``: the time an epoch waits for MLflow logging against the epoch.
 * ``sweep_overhead``: a real Ray Tune + MLflow sweep against its trials run directly.
+* ``sweep_scale``: sweeps of 10, 100 and 1,000 one-epoch trials: the cost per trial
+  beyond the training.
 * ``memory``: peak RSS of training and of a sweep; one dataset copy per node.
 * ``fusion``: the quickstart fused vs unfused; BinaryNet with K members fused vs K
   separate trainers.
@@ -46,6 +48,7 @@ from bopsweep.bench import (
     logging,
     memory,
     sweep_overhead,
+    sweep_scale,
     train_step,
 )
 from bopsweep.bench.common import FULL, QUICK, Context, Plan, Row, machine_info, target_rows
@@ -56,6 +59,7 @@ _MODULES: dict[str, ModuleType] = {
     "data_pipeline": data_pipeline,
     "logging": logging,
     "sweep_overhead": sweep_overhead,
+    "sweep_scale": sweep_scale,  # after sweep_overhead: --quick reads its run
     "memory": memory,  # after sweep_overhead: it reports the sweep's peak memory
     "fusion": fusion,
     "cli_startup": cli_startup,

@@ -76,6 +76,9 @@ class Plan:
     startup_rounds: int
     startup_warmup: int
     startup_budget_s: float
+    # Trial counts of the sweep_scale section's grids (one epoch a trial); --quick
+    # reads sweep_overhead's smoke run instead of running its own.
+    scale_trials: tuple[int, ...] = (10, 100, 1000)
 
 
 FULL = Plan(
@@ -125,6 +128,7 @@ QUICK = Plan(
     startup_rounds=1,
     startup_warmup=0,
     startup_budget_s=0.0,
+    scale_trials=(2,),
 )
 
 

@@ -126,7 +126,7 @@ def bench(
         list[str] | None,
         typer.Option(
             help="Run only this section (repeatable): bop_step, train_step, data_pipeline, "
-            "logging, sweep_overhead, memory, fusion, cli_startup."
+            "logging, sweep_overhead, sweep_scale, memory, fusion, cli_startup."
         ),
     ] = None,
 ) -> None:
