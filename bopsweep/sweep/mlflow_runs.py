@@ -239,8 +239,17 @@ def trial_from_run(mlflow_client, run, position: int, metrics: Iterable[str]) ->
         run_name=run.info.run_name or run.info.run_id,
         error=run.data.tags.get("bopsweep.failure"),
     )
+    # A metric whose latest value is at step 0 has no other step: its history is that
+    # value, no request needed (a 1,000-trial grid of one epoch each reads 5,000
+    # histories otherwise). Run.data keeps the latest value's step on its metric
+    # objects only.
+    latest = {m.key: m for m in getattr(run.data, "_metric_objs", ())}
     for name in dict.fromkeys(metrics):
-        if name in run.data.metrics:
+        if name not in run.data.metrics:
+            continue
+        if name in latest and latest[name].step == 0:
+            trial.history[name] = [(0, run.data.metrics[name])]
+        else:
             trial.history[name] = metric_history(mlflow_client, run.info.run_id, name)
     return trial
 
