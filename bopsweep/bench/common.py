@@ -46,7 +46,8 @@ class Plan:
     done, so that a slow or busy CPU gets fewer rounds rather than a longer bench. The
     full plan's budgets (90 s in all) plus the sections of fixed size (logging, sweep,
     memory: 1.5-2 minutes on a busy 2-core machine, Ray and MLflow start-ups included)
-    keep a full run under 5 minutes.
+    keep a full run near 4 minutes; ``sweep_scale``'s sweeps of 10, 100 and 1,000
+    trials add about 2, most of it the 1,000 trials' own cost per trial.
     """
 
     quick: bool

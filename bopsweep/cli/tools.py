@@ -130,11 +130,12 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Measure Bop, training, data, sweep, logging, memory and start-up against targets.
+    """Measure Bop, training, data, sweeps, logging, memory and start-up against targets.
 
     Each target is a ratio of two measurements interleaved in the same run; bf16 is
-    measured only where the device computes it natively. A full run takes at most
-    about 5 minutes on 2 CPU cores; see docs/benchmarks.md.
+    measured only where the device computes it natively. A full run takes about 6
+    minutes on 2 CPU cores, 2 of them the sweeps of 10, 100 and 1,000 trials; see
+    docs/benchmarks.md.
     """
     from rich.table import Table
 
