@@ -103,7 +103,9 @@ def _run(workdir: Path, trials: int, slots: int) -> dict[str, Any]:
 
 def measure(context: Context) -> dict[str, Any]:
     plan = context.plan
-    slots = max(1, os.cpu_count() or 1)  # the quickstart's trials take one CPU each
+    # Trials at once, as Ray schedules them: the CPUs over what a trial asks for.
+    cpus = float(grid_spec(plan.scale_trials[0])["resources"]["cpu"])
+    slots = max(1, math.floor((os.cpu_count() or 1) / cpus))
     smoke = context.sections.get("sweep_overhead", {})
     if plan.quick and "timeline" in smoke:
         sweeps = [
