@@ -10,13 +10,15 @@ over the rounds, with the interquartile range (IQR) as its run-to-run spread.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -391,6 +393,47 @@ def target_rows(name: str, section: dict[str, Any]) -> list[Row]:
         )
         for key, t in section.get("targets", {}).items()
     ]
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One ``bopsweep run`` as a user runs it: its process, wall time, results folder
+    and the sweep's own ``timeline.json``."""
+
+    done: subprocess.CompletedProcess
+    wall_s: float
+    results: Path
+    timeline: dict[str, float]
+
+
+def run_sweep_command(
+    spec: Path,
+    folder: Path,
+    name: str,
+    overrides: Sequence[str] = (),
+    *,
+    watch: contextlib.AbstractContextManager | None = None,
+    timeout_s: float = 900,
+) -> SweepRun:
+    """``bopsweep run SPEC --set ...`` in ``folder`` (created; a fresh one is a new
+    local MLflow store, as on a first run), with no MLflow or Ray settings of this
+    environment, timed; ``watch`` (a memory sampler) is open while it runs. The
+    sweep ``name`` names its results folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [str(Path(sys.executable).parent / "bopsweep"), "run", str(spec)]
+    command += [f"--set={o}" for o in overrides]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    start = time.perf_counter()
+    with watch or contextlib.nullcontext():
+        done = subprocess.run(
+            command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout_s
+        )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"bopsweep run exited {done.returncode}: {done.stderr[-2000:]}")
+    results = folder / "bopsweep_results" / name
+    timeline = json.loads((results / "timeline.json").read_text())
+    return SweepRun(done, wall, results, timeline)
 
 
 def ray_trials(results: Path) -> list[str]:

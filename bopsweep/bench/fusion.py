@@ -17,12 +17,7 @@ The sizes ``fuse: auto`` uses on each device come from these figures
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from bopsweep.bench.common import (
@@ -33,6 +28,7 @@ from bopsweep.bench.common import (
     interleaved,
     quickstart_spec_path,
     ray_trials,
+    run_sweep_command,
     target,
 )
 from bopsweep.sweep.fusion import measured_gain_path, record_gains
@@ -71,19 +67,9 @@ def _quickstart(context: Context, fuse: str) -> dict[str, Any]:
         figures["run_by"] = "sweep_overhead"
         return {"trials": len(trials), **figures, "samples_per_s": train_samples / wall}
     folder = context.workdir / f"quickstart-fuse-{fuse}"
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [str(Path(sys.executable).parent / "bopsweep"), "run", str(spec)]
-    command += [f"--set={o}" for o in overrides]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"bopsweep run exited {done.returncode}: {done.stderr[-2000:]}")
-    results = folder / "bopsweep_results" / "quickstart"
-    timeline = json.loads((results / "timeline.json").read_text())
-    figures = _figures(wall, timeline, ray_trials(results))
-    return {"trials": len(trials), **figures, "samples_per_s": train_samples / wall}
+    run = run_sweep_command(spec, folder, "quickstart", overrides)
+    figures = _figures(run.wall_s, run.timeline, ray_trials(run.results))
+    return {"trials": len(trials), **figures, "samples_per_s": train_samples / run.wall_s}
 
 
 def _figures(wall: float, timeline: dict[str, float], ray_trials: list[str]) -> dict[str, Any]:

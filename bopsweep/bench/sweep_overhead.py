@@ -21,8 +21,6 @@ import math
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 from bopsweep.bench.common import (
@@ -32,6 +30,7 @@ from bopsweep.bench.common import (
     mib,
     quickstart_spec_path,
     ray_trials,
+    run_sweep_command,
     target,
 )
 
@@ -141,21 +140,11 @@ def measure(context: Context) -> dict[str, Any]:
     ideal = max(sum(t[0] for t in times.values()) for times in per_slot)
     ideal_fit = max(sum(t[1] for t in times.values()) for times in per_slot)
 
-    folder = workdir / "quickstart-run"
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [str(Path(sys.executable).parent / "bopsweep"), "run", str(spec)]
-    command += [f"--set={o}" for o in overrides]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
-    start = time.perf_counter()
-    with RssSampler() as sampler:
-        done = subprocess.run(
-            command, cwd=folder, env=env, capture_output=True, text=True, timeout=900
-        )
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"bopsweep run exited {done.returncode}: {done.stderr[-2000:]}")
-    results = folder / "bopsweep_results" / "quickstart"
-    timeline = json.loads((results / "timeline.json").read_text())
+    sampler = RssSampler()
+    run = run_sweep_command(
+        spec, workdir / "quickstart-run", "quickstart", overrides, watch=sampler
+    )
+    done, wall, results, timeline = run.done, run.wall_s, run.results, run.timeline
     parts = split(timeline, wall, ideal, ideal_fit, slots)
     bound = TARGET_FACTOR * ideal + TARGET_FIXED_S
     return {

@@ -14,16 +14,19 @@ target is the largest sweep's wall within :data:`GOAL` times it. ``--quick`` rea
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from bopsweep.bench.common import Context, Row, quickstart_spec_path, ray_trials, target
+from bopsweep.bench.common import (
+    Context,
+    Row,
+    quickstart_spec_path,
+    ray_trials,
+    run_sweep_command,
+    target,
+)
 
 # The largest sweep's wall against its training wall.
 GOAL = 2.0
@@ -88,17 +91,9 @@ def _run(workdir: Path, trials: int, slots: int) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / f"scale{trials}.yaml"
     spec.write_text(yaml.safe_dump(grid_spec(trials), sort_keys=False))
-    command = [str(Path(sys.executable).parent / "bopsweep"), "run", str(spec)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"bopsweep run exited {done.returncode}: {done.stderr[-2000:]}")
-    results = folder / "bopsweep_results" / f"scale{trials}"
-    timeline = json.loads((results / "timeline.json").read_text())
-    lines = len(done.stdout.splitlines()) + len(done.stderr.splitlines())
-    return point(timeline, wall, trials, len(ray_trials(results)), slots, lines)
+    run = run_sweep_command(spec, folder, f"scale{trials}", timeout_s=1800)
+    lines = len(run.done.stdout.splitlines()) + len(run.done.stderr.splitlines())
+    return point(run.timeline, run.wall_s, trials, len(ray_trials(run.results)), slots, lines)
 
 
 def measure(context: Context) -> dict[str, Any]:
