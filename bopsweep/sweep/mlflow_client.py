@@ -13,6 +13,7 @@ needs it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sqlite3
@@ -140,7 +141,9 @@ def forwarded_names() -> str:
 def client(uri: str):
     from mlflow import MlflowClient
 
-    seed_sqlite_store(uri)
+    if sqlite_path(uri) is not None:
+        seed_sqlite_store(uri)
+        _sync_wal_at_checkpoints()
     return MlflowClient(tracking_uri=uri)
 
 
@@ -167,6 +170,14 @@ def seed_sqlite_store(uri: str) -> None:
             _build_store_template(template)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         shutil.copyfile(template, partial)
+        if not network_filesystem(path.parent):
+            # Write-ahead logging: a commit appends to the log, readers never block
+            # the writer, and (with _sync_wal_at_checkpoints) no fsync per commit.
+            # A sweep's trial processes commit thousands of small transactions at
+            # once; with the rollback journal each waited on the other's fsync.
+            # The mode is the file's own and stays with it.
+            with contextlib.closing(sqlite3.connect(partial)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
         try:
             os.link(partial, path)  # never replaces a store another process created
         except FileExistsError:
@@ -175,6 +186,53 @@ def seed_sqlite_store(uri: str) -> None:
             partial.unlink()
     except (OSError, sqlite3.Error):
         pass  # no cache to write or read: MLflow builds the store itself
+
+
+# Filesystems where sqlite's write-ahead log is not safe: its index is shared memory
+# beside the database, which network and FUSE filesystems do not keep coherent.
+_SHARED_FILESYSTEMS = ("nfs", "cifs", "smb", "fuse", "9p", "lustre", "gpfs", "ceph", "afs")
+
+
+def network_filesystem(folder: Path, mounts: str | None = None) -> bool:
+    """Whether ``folder`` lies on a network (or FUSE) filesystem, by the longest
+    mount point above it in ``mounts`` (``/proc/self/mounts`` when None; unknown
+    counts as network)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return True
+    folder, best, kind = folder.resolve(), "", ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) > 2 and folder.is_relative_to(fields[1]) and len(fields[1]) >= len(best):
+            best, kind = fields[1], fields[2]
+    return not kind or kind.startswith(_SHARED_FILESYSTEMS)
+
+
+@functools.cache
+def _sync_wal_at_checkpoints() -> None:
+    """Connections to a sqlite store in WAL mode sync at checkpoints, not at every
+    commit (``synchronous=NORMAL``, sqlite's advice for WAL): a committed run survives
+    any process's death, and a power cut loses at most the last commits, never the
+    database. Stores in rollback-journal mode keep sqlite's default."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        if not isinstance(dbapi_connection, sqlite3.Connection):
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                cursor.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error:
+            # Not a database, or locked: MLflow's own first query says so (an error
+            # here would have MLflow retry the engine for a minute and more).
+            pass
+        finally:
+            cursor.close()
 
 
 def _build_store_template(template: Path) -> None:

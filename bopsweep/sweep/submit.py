@@ -20,7 +20,7 @@ from bopsweep.sweep.mlflow_client import credential_env
 
 AGENT_WAIT_S = 120
 # Large or private things that must not be uploaded with the working directory.
-UPLOAD_EXCLUDES = [".venv/", ".git/", "bopsweep_results/", "mlflow.db", "mlruns/", "data/"]
+UPLOAD_EXCLUDES = [".venv/", ".git/", "bopsweep_results/", "mlflow.db*", "mlruns/", "data/"]
 
 
 def submit_sweep(

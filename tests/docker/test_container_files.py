@@ -1113,7 +1113,14 @@ def test_docker_env_is_never_sent_to_a_builder(compose_file) -> None:
     assert builds or compose_file == MINIO_FILE
     # Builds from the repository root with another Dockerfile: the root filter.
     root = ignore_patterns(REPO / ".dockerignore")
-    for unwanted in ["docker/.env", ".env", ".venv/bin/python", ".git/HEAD", "mlflow.db"]:
+    for unwanted in [
+        "docker/.env",
+        ".env",
+        ".venv/bin/python",
+        ".git/HEAD",
+        "mlflow.db",
+        "mlflow.db-wal",
+    ]:
         assert dockerignore_excludes(root, unwanted), unwanted
     for wanted in ["docker/.env.example", "pyproject.toml", "bopsweep/cli/__init__.py"]:
         assert not dockerignore_excludes(root, wanted), wanted

@@ -58,7 +58,9 @@ def smoke_overrides(path: Path, data_dir: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
-def test_sweep_file_runs_end_to_end(path, local_ray, tiny_data, tmp_path):
+def test_sweep_file_runs_end_to_end(path, local_ray, tiny_data, tmp_path, monkeypatch):
+    # As a user runs it, in a folder of its own: MLflow's artifacts go to ./mlruns.
+    monkeypatch.chdir(tmp_path)
     overrides = [*COMMON, *smoke_overrides(path, tiny_data)]
     loaded = load_spec(path, overrides)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -5,7 +5,9 @@ and tags every child run is settled with."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +153,57 @@ def test_servers_start_without_the_job_executor_unless_asked(monkeypatch):
     assert mlflow_client.server_env({"A": "1"})["A"] == "1"
     monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
     assert mlflow_client.server_env()["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
+
+
+def _pragmas(client) -> tuple[str, int]:
+    """The journal mode and synchronous level of a connection of the client's store."""
+    from sqlalchemy import text
+
+    with client._tracking_client.store.engine.connect() as connection:
+        mode = connection.execute(text("PRAGMA journal_mode")).scalar()
+        return mode, connection.execute(text("PRAGMA synchronous")).scalar()
+
+
+def test_a_new_local_store_logs_ahead_and_syncs_at_checkpoints(tmp_path, monkeypatch):
+    """A sweep's trial processes commit thousands of small transactions at once: a new
+    store writes ahead (WAL) and syncs at checkpoints (synchronous=NORMAL, 1), not at
+    each commit (sqlite's default FULL, 2)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    client = mlflow_client.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow_runs.experiment_id(client, "wal")
+    assert _pragmas(client) == ("wal", 1)
+
+
+def test_a_store_made_elsewhere_keeps_its_journal(tmp_path, monkeypatch):
+    """A store MLflow built (rollback journal) is left in its mode and sqlite's
+    default sync: its other users may be on hosts or versions that expect them."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    mlflow_client.client(f"sqlite:///{tmp_path / 'first.db'}")  # builds the template
+    path = tmp_path / "made-by-mlflow.db"
+    shutil.copyfile(mlflow_client._store_template(), path)  # MLflow's own schema build
+    assert _pragmas(mlflow_client.client(f"sqlite:///{path}")) == ("delete", 2)
+
+
+MOUNTS = """\
+/dev/vda / ext4 rw,relatime 0 0
+server:/export /home nfs4 rw,relatime 0 0
+/dev/vdb /home/local ext4 rw 0 0
+sshfs#me@host: /mnt/remote fuse.sshfs rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    "folder, network",
+    [("/tmp/sweep", False), ("/home/me", True), ("/home/local/x", False), ("/mnt/remote", True)],
+)
+def test_network_filesystems_by_their_longest_mount_point(folder, network):
+    assert mlflow_client.network_filesystem(Path(folder), MOUNTS) is network
+
+
+def test_a_file_that_is_not_a_database_fails_at_once(tmp_path, caplog):
+    """Opening connections to check the journal must not turn MLflow's one error into
+    its minute of retries (it retries an engine whose first connection fails)."""
+    (tmp_path / "mlflow.db").write_text("not a database")
+    with pytest.raises(Exception, match="file is not a database"):
+        mlflow_client.client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()
+    assert "will be retried" not in caplog.text
