@@ -46,7 +46,7 @@ class Plan:
     ``*_rounds`` are the most rounds a comparison runs; ``*_budget_s`` the seconds
     (warm-up included) after which it starts no new round once :data:`MIN_ROUNDS` are
     done, so that a slow or busy CPU gets fewer rounds rather than a longer bench. The
-    full plan's budgets (90 s in all) plus the sections of fixed size (logging, sweep,
+    full plan's budgets (82 s in all) plus the sections of fixed size (logging, sweep,
     memory: 1.5-2 minutes on a busy 2-core machine, Ray and MLflow start-ups included)
     keep a full run near 4 minutes; ``sweep_scale``'s sweeps of 10, 100 and 1,000
     trials add about 2, most of it the 1,000 trials' own cost per trial.
@@ -107,7 +107,9 @@ FULL = Plan(
     member_budget_s=90.0,
     startup_rounds=7,
     startup_warmup=1,
-    startup_budget_s=20.0,
+    # A round is ~2.5 s on 2 cores (`import torch` most of it); the ratios sit at
+    # 0.09-0.15 against a bound of 0.5, so four or five rounds decide them.
+    startup_budget_s=12.0,
 )
 QUICK = Plan(
     quick=True,
