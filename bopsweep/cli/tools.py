@@ -133,8 +133,8 @@ def bench(
     """Measure Bop, training, data, sweeps, logging, memory and start-up against targets.
 
     Each target is a ratio of two measurements interleaved in the same run; bf16 is
-    measured only where the device computes it natively. A full run takes about 6
-    minutes on 2 CPU cores, 2 of them the sweeps of 10, 100 and 1,000 trials; see
+    measured only where the device computes it natively. A full run takes 5-6
+    minutes on 2 CPU cores, 1.5 of them the sweeps of 10, 100 and 1,000 trials; see
     docs/benchmarks.md.
     """
     from rich.table import Table
