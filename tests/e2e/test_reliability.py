@@ -18,6 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from bopsweep import testing
+from bopsweep.sweep import mlflow_client
 from tests.e2e.conftest import BIN, bopsweep, grid, start_mlflow_server, sweep_file
 
 pytestmark = pytest.mark.e2e
@@ -91,26 +92,44 @@ def _assert_complete(client: MlflowClient, experiment: str, trials: int, epochs:
         assert_each_step_once(client, child.info.run_id, epochs)
 
 
-@pytest.mark.parametrize("fuse", ["off", "2"])
-def test_killed_worker_resumes_into_the_same_run(mlflow_server, workdir, tmp_path, fuse):
+def _store(store: str, mlflow_server, workdir: Path) -> tuple[str, list[str]]:
+    """The tracking URI a test reads, and the arguments that choose it: a tracking
+    server, or no argument at all (the embedded default: ./mlflow.db, a sqlite file
+    written ahead)."""
+    if store == "server":
+        return mlflow_server.uri, ["--tracking-uri", mlflow_server.uri]
+    return f"sqlite:///{workdir / 'mlflow.db'}", []
+
+
+def _client_once_made(uri: str) -> MlflowClient | None:
+    """A client of ``uri`` once its store exists: opening a sqlite path that does not
+    exist yet would build a store there before the sweep's own."""
+    path = mlflow_client.sqlite_path(uri)
+    return None if path is not None and not path.exists() else MlflowClient(uri)
+
+
+# Fused groups on the embedded local store, single trials on a server: every kill
+# test covers both stores (the chaos test runs both fusion modes on a server).
+@pytest.mark.parametrize(("fuse", "store"), [("off", "server"), ("2", "local")])
+def test_killed_worker_resumes_into_the_same_run(mlflow_server, workdir, tmp_path, fuse, store):
     """A worker killed mid-epoch is retried from its checkpoint within the run, by
     default (max_failures: 3), whether its Ray trial holds one trial or a group."""
     marker = tmp_path / "killed"
     experiment = f"e2e-kill-worker-{fuse}"
+    uri, tracking = _store(store, mlflow_server, workdir)
     result = bopsweep(
         "run",
         sweep_file("quickstart.yaml"),
         *grid("[1e-6]", "[1e-3,1e-4]", 4, "--set", f"fuse={fuse}"),
         "--set",
         f"tracking.experiment={experiment}",
-        "--tracking-uri",
-        mlflow_server.uri,
+        *tracking,
         cwd=workdir,
         env=_kill_worker_env(marker),
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert marker.exists(), "the worker was never killed"
-    _assert_complete(MlflowClient(mlflow_server.uri), experiment, 2, 4)
+    _assert_complete(MlflowClient(uri), experiment, 2, 4)
 
 
 def test_a_rerun_resumes_a_group_whose_worker_died(mlflow_server, workdir, tmp_path):
@@ -164,9 +183,11 @@ def test_divergence_fails_that_trial_only(mlflow_server, workdir):
     assert parents[0].data.tags["bopsweep.trials_failed"] == "1"
 
 
-@pytest.mark.parametrize(("fuse", "gammas"), [("off", "[1e-3]"), ("2", "[1e-3,1e-4]")])
+@pytest.mark.parametrize(
+    ("fuse", "gammas", "store"), [("off", "[1e-3]", "server"), ("2", "[1e-3,1e-4]", "local")]
+)
 def test_killed_driver_resumes_without_rerunning_finished_trials(
-    mlflow_server, workdir, fuse, gammas
+    mlflow_server, workdir, fuse, gammas, store
 ):
     """One Ray trial at a time: two trials unfused, or two fused groups of two. The
     driver is killed as soon as the first Ray trial's runs have ended: Ray Tune has not
@@ -175,6 +196,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(
     experiment = f"e2e-kill-driver-{fuse}"
     first = 1 if fuse == "off" else 2
     epochs = 30
+    uri, tracking = _store(store, mlflow_server, workdir)
     args = [
         sweep_file("quickstart.yaml"),
         *grid("[0,1e-6]", gammas, epochs),
@@ -184,14 +206,13 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(
         "max_concurrent_trials=1",
         "--set",
         f"fuse={fuse}",
-        "--tracking-uri",
-        mlflow_server.uri,
+        *tracking,
     ]
-    client = MlflowClient(mlflow_server.uri)
     driver = start_run(args, workdir)
 
     def first_ray_trial_finished():
-        exp = client.get_experiment_by_name(experiment)
+        client = _client_once_made(uri)
+        exp = client and client.get_experiment_by_name(experiment)
         if exp is None:
             return None
         runs = client.search_runs([exp.experiment_id], "tags.`bopsweep.role` = 'trial'")
@@ -213,6 +234,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(
     assert "--restart" in changed.stderr
     resumed = bopsweep("run", *args, cwd=workdir)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    client = MlflowClient(uri)
     parents, children = sweep_runs(client, experiment)
     assert len(parents) == 1, "the parent run must be reused"
     assert parents[0].info.status == "FINISHED"
