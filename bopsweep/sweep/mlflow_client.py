@@ -383,11 +383,16 @@ def all_pages(search: Callable[[str | None], Any]) -> list:
             return items
 
 
-def log_params(mlflow_client, run_id: str, values: Mapping[str, Any]) -> None:
+def param_entities(values: Mapping[str, Any]) -> list:
+    """``values`` as MLflow params, each value cut to the 6000 characters MLflow takes."""
     from mlflow.entities import Param
 
-    # MLflow caps param values at 6000 characters and log_batch at 100 params.
-    items = [Param(k, str(v)[:6000]) for k, v in values.items()]
+    return [Param(k, str(v)[:6000]) for k, v in values.items()]
+
+
+def log_params(mlflow_client, run_id: str, values: Mapping[str, Any]) -> None:
+    # MLflow caps log_batch at 100 params.
+    items = param_entities(values)
     for start in range(0, len(items), 100):
         mlflow_client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
 

@@ -37,7 +37,7 @@ from bopsweep.sweep.mlflow_client import (
     client,
     forwarded_names,
     is_auth_error,
-    log_params,
+    param_entities,
     trial_key,
     unreachable_errors,
 )
@@ -57,8 +57,11 @@ SUMMARY_MODES = {
 }
 # Tag values are cut to what every MLflow store accepts.
 TAG_VALUE_LIMIT = 5000
-# The most metrics one log_batch request takes.
+# What one log_batch request takes (MLflow's limits): entities in all (metrics,
+# params and tags together), and params and tags each.
 MAX_BATCH_METRICS = 1000
+MAX_BATCH_PARAMS = 100
+MAX_BATCH_TAGS = 100
 
 
 def summary_modes(metric: str, mode: str) -> dict[str, str]:
@@ -130,6 +133,9 @@ class TrialTracker:
         self.completed: dict[str, float] | None = None
         self.pending: deque[tuple[int, list]] = deque()
         self.pending_tags: dict[str, str] = {}
+        # The run's params not sent yet (MLflow Param entities): a new run's go with
+        # its first epoch, in the same request.
+        self.pending_params: list = []
         # name -> mode of the summary metrics; the first is the sweep's metric.
         self.summary = dict(summary or SUMMARY_MODES)
         self.best: dict[str, float] = {}
@@ -165,6 +171,9 @@ class TrialTracker:
         # Synchronous once: the run id goes into checkpoints, and a resumed run's
         # last step decides which epochs are sent again.
         self._try(self._connect)
+        # Opening the run is this interval's round of requests: the params, the first
+        # system sample and (in a short trial) the first epoch then go together.
+        self._not_before = time.monotonic() + send_interval_s
         self._sender = threading.Thread(
             target=self._send_loop, name=f"mlflow-sender-{trial_index}", daemon=True
         )
@@ -236,7 +245,7 @@ class TrialTracker:
             )
         run_id = run.info.run_id
         if self.params and not run.data.params:
-            log_params(self.client, run_id, self.params)
+            self.pending_params = param_entities(self.params)
         if self.dataset is not None and not (run.inputs and run.inputs.dataset_inputs):
             self._log_dataset(run_id)
         self.run_id = run_id
@@ -273,7 +282,11 @@ class TrialTracker:
 
     def _has_work(self) -> bool:
         return self.run_id is None or bool(
-            self.pending or self.pending_tags or self.pending_jobs or self.pending_system
+            self.pending
+            or self.pending_tags
+            or self.pending_params
+            or self.pending_jobs
+            or self.pending_system
         )
 
     def _send(self) -> None:
@@ -284,44 +297,50 @@ class TrialTracker:
             with self._state:
                 self.pending.clear()
                 self.pending_tags.clear()
+                self.pending_params.clear()
                 self.pending_jobs.clear()
                 self._state.notify_all()
             return
-        with self._state:
-            tags = dict(self.pending_tags)
-        if tags:
-            batch = [RunTag(k, str(v)[:TAG_VALUE_LIMIT]) for k, v in tags.items()]
-            self.client.log_batch(self.run_id, tags=batch, synchronous=True)
-            with self._state:
-                for key, value in tags.items():
-                    if self.pending_tags.get(key) == value:
-                        del self.pending_tags[key]
         while True:
+            # The params and tags queued, and every queued epoch with the system
+            # metrics' samples, in one request while MLflow's limits allow (an epoch
+            # has a few dozen metrics): a new run's params, tags and first epoch are one
+            # request, not three. Steps the run already holds are left out.
             with self._state:
+                params = self.pending_params[:MAX_BATCH_PARAMS]
+                tags = dict(list(self.pending_tags.items())[:MAX_BATCH_TAGS])
                 queued = list(self.pending)
-                system = self.pending_system[:MAX_BATCH_METRICS]
-            if not queued and not system:
+                room = MAX_BATCH_METRICS - len(params) - len(tags)
+                system = self.pending_system[:room]
+            if not (params or tags or queued or system):
                 self._run_jobs()
                 return
-            # Every queued epoch in one request, up to log_batch's 1000 metrics (an
-            # epoch has a few dozen), with the system metrics' samples; steps the run
-            # already holds are left out.
             metrics: list = list(system)
             last, taken = self.last_step, 0
             for step, batch in queued:
-                if metrics and len(metrics) + len(batch) > MAX_BATCH_METRICS:
+                if (metrics or params or tags) and len(metrics) + len(batch) > room:
                     break
                 taken += 1
                 if step > last:
                     metrics.extend(batch)
                     last = step
-            if metrics:
-                self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+            if metrics or params or tags:
+                self.client.log_batch(
+                    self.run_id,
+                    metrics=metrics,
+                    params=params,
+                    tags=[RunTag(k, str(v)[:TAG_VALUE_LIMIT]) for k, v in tags.items()],
+                    synchronous=True,
+                )
             self.last_step = last
             with self._state:
                 for _ in range(taken):
                     self.pending.popleft()
                 del self.pending_system[: len(system)]
+                del self.pending_params[: len(params)]
+                for key, value in tags.items():
+                    if self.pending_tags.get(key) == value:
+                        del self.pending_tags[key]
                 self._state.notify_all()
 
     def _run_jobs(self) -> None:

@@ -243,3 +243,38 @@ def test_a_groups_members_share_one_system_sampler_and_a_resumed_run_goes_on(sto
     assert again.finish("FINISHED")
     steps = sorted(m.step for m in client.get_metric_history(again.run_id, key))
     assert steps == list(range(len(steps))) and len(steps) > counts[0]
+
+
+def test_a_new_runs_params_tags_and_first_epoch_are_one_request(store):
+    """Opening a run is its first round of requests; what follows in the same send
+    interval (the params, a tag, a short trial's epoch) goes in one log_batch: against
+    a remote server each request is a round trip, and a 16-member group opens 16 runs."""
+    exp_id, parent = _parent(store)
+    tracker = tracking.TrialTracker(
+        store, exp_id, parent, 0, "t0", params={"a": 1, "b": "x"}, send_interval_s=5.0
+    )
+    sent = []
+    log_batch = tracker.client.log_batch
+    tracker.client.log_batch = lambda *a, **k: sent.append(k) or log_batch(*a, **k)
+    tracker.set_tags({"placed": "node-1"})
+    tracker.log_epoch(_epoch(0), step=0)
+    assert tracker.finish("FINISHED")
+    assert len(sent) == 1, sent
+    assert {p.key for p in sent[0]["params"]} == {"a", "b"}
+    assert [t.key for t in sent[0]["tags"]] == ["placed"]
+    run = mlflow_client.client(store).get_run(tracker.run_id)
+    assert run.data.params == {"a": "1", "b": "x"} and run.data.tags["placed"] == "node-1"
+    assert run.data.metrics["val_accuracy"] == 0.0
+
+
+def test_params_past_mlflows_batch_limit_go_in_several_requests(store):
+    exp_id, parent = _parent(store)
+    params = {f"p{i:03d}": i for i in range(250)}
+    tracker = tracking.TrialTracker(store, exp_id, parent, 0, "t0", params=params)
+    tracker.log_epoch(_epoch(0), step=0)
+    assert tracker.finish("FINISHED")
+    run = mlflow_client.client(store).get_run(tracker.run_id)
+    assert run.data.params == {k: str(v) for k, v in params.items()}
+    assert [
+        m.step for m in mlflow_client.client(store).get_metric_history(run.info.run_id, "epoch")
+    ] == [0]
