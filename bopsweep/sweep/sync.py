@@ -2,7 +2,8 @@
 
 Every trial's per-epoch metrics are also in its results (Ray's ``result.json``
 under ``<storage>/<name>/trial_NNN``, or a fused group's ``fused_NNN`` whose rows hold
-each member's epoch; a local folder or a URI such as ``s3://``). When the tracking
+each member's epoch, as one JSON text under ``members``; a local folder or a URI such
+as ``s3://``). When the tracking
 server was down for longer than a trial could wait, this reads them back and sends each
 trial's missing epochs into its child run (found by its trial key, created if it
 never reached the server), settles every run's status, and writes the sweep's

@@ -22,6 +22,7 @@ from bopsweep.sweep.contract import (
     Member,
     SweepContext,
     TrialGroup,
+    member_results,
 )
 from bopsweep.sweep.trainable import COMPLETED, CheckpointPolicy, ReportToTune
 from bopsweep.train import Callback, Trainer
@@ -75,9 +76,10 @@ def test_a_member_finished_before_a_restart_is_frozen_and_reported_as_its_run_en
     assert seen.metrics[0] is None and seen.metrics[1] is not None
 
     result = _report({0: FINAL}).result(trainer, seen.metrics)
-    assert result["members"]["3"] == FINAL
-    assert result["members"]["4"]["val_accuracy"] == seen.metrics[1]["val_accuracy"]
-    assert MEMBER_STATUS_KEY not in result["members"]["4"]
+    parts = member_results(GROUP.as_config(), result)
+    assert parts[3] == FINAL
+    assert parts[4]["val_accuracy"] == seen.metrics[1]["val_accuracy"]
+    assert MEMBER_STATUS_KEY not in parts[4]
     assert result["val_accuracy"] == FINAL["val_accuracy"]  # the group's best member
 
 
@@ -89,8 +91,9 @@ def test_a_completed_member_restored_from_a_checkpoint_is_finished_not_failed():
     assert restored.stopped == {0: COMPLETED}
 
     result = _report({}).result(restored, [None, None])
-    assert result["members"]["3"][MEMBER_STATUS_KEY] == "FINISHED"
-    assert MEMBER_ERROR_KEY not in result["members"]["3"]
+    parts = member_results(GROUP.as_config(), result)
+    assert parts[3][MEMBER_STATUS_KEY] == "FINISHED"
+    assert MEMBER_ERROR_KEY not in parts[3]
 
 
 def test_only_the_last_epoch_when_epochs_are_quick():
@@ -107,3 +110,21 @@ def test_elapsed_time_and_epoch_count_trigger_checkpoints():
     assert not policy.due(3, False)
     every_two = CheckpointPolicy(every=2, every_s=None)
     assert [every_two.due(e, False) for e in range(1, 5)] == [False, True, False, True]
+
+
+def test_ray_tune_sees_the_groups_top_values_only():
+    """Ray Tune keeps statistics of every numeric value of a result (nested ones
+    flattened) and writes them into every snapshot of the sweep: the members' parts
+    reach it as one text, read back whole by member_results, floats bit for bit."""
+    from ray.tune.utils import flatten_dict
+
+    from bopsweep.sweep.contract import group_result
+
+    parts = {3: {"val_accuracy": 0.1 + 0.2, "series": [[0, -5.25]]}, 4: {"val_accuracy": 0.5}}
+    result = group_result(parts, 0, list(parts.values()), "val_accuracy", "max")
+    numeric = {k for k, v in flatten_dict(result).items() if isinstance(v, (int, float))}
+    assert numeric == {"epoch", "val_accuracy"}
+    assert member_results(GROUP.as_config(), result) == parts
+    # A result saved before (the parts as a nested dict) reads the same.
+    nested = {**result, "members": {"3": parts[3], "4": parts[4]}}
+    assert member_results(GROUP.as_config(), nested) == parts
