@@ -383,6 +383,13 @@ def all_pages(search: Callable[[str | None], Any]) -> list:
             return items
 
 
+# What one log_batch request takes (MLflow's limits): entities in all (metrics,
+# params and tags together), and params and tags each.
+MAX_BATCH_METRICS = 1000
+MAX_BATCH_PARAMS = 100
+MAX_BATCH_TAGS = 100
+
+
 def param_entities(values: Mapping[str, Any]) -> list:
     """``values`` as MLflow params, each value cut to the 6000 characters MLflow takes."""
     from mlflow.entities import Param
@@ -391,10 +398,10 @@ def param_entities(values: Mapping[str, Any]) -> list:
 
 
 def log_params(mlflow_client, run_id: str, values: Mapping[str, Any]) -> None:
-    # MLflow caps log_batch at 100 params.
     items = param_entities(values)
-    for start in range(0, len(items), 100):
-        mlflow_client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
+    for start in range(0, len(items), MAX_BATCH_PARAMS):
+        batch = items[start : start + MAX_BATCH_PARAMS]
+        mlflow_client.log_batch(run_id, params=batch, synchronous=True)
 
 
 # ------------------------------------------------------- keys shared with trials

@@ -30,6 +30,9 @@ from typing import Any
 
 from bopsweep.sweep.contract import SweepContext
 from bopsweep.sweep.mlflow_client import (
+    MAX_BATCH_METRICS,
+    MAX_BATCH_PARAMS,
+    MAX_BATCH_TAGS,
     MODEL_TAG_PREFIX,
     PARENT_TAG,
     ROLE_TAG,
@@ -57,11 +60,6 @@ SUMMARY_MODES = {
 }
 # Tag values are cut to what every MLflow store accepts.
 TAG_VALUE_LIMIT = 5000
-# What one log_batch request takes (MLflow's limits): entities in all (metrics,
-# params and tags together), and params and tags each.
-MAX_BATCH_METRICS = 1000
-MAX_BATCH_PARAMS = 100
-MAX_BATCH_TAGS = 100
 
 
 def summary_modes(metric: str, mode: str) -> dict[str, str]:
