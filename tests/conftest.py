@@ -128,13 +128,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A private local Ray instance (2 CPUs) for a test module; run_sweep and the
-    tests' own tasks use it as it is."""
-    import ray
-
+    """A private local Ray instance (2 CPUs), started as a local sweep starts it, for a
+    test module; run_sweep and the tests' own tasks use it as it is."""
     from bopsweep.sweep import ray_backend
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray_backend.init_local(num_cpus=2, logging_level="ERROR")
     yield
     ray_backend.shutdown()
 

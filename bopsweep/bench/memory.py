@@ -105,13 +105,7 @@ def dataset_sharing_probe(plan: Plan, workdir: Path) -> dict[str, Any]:
     started_here = not ray.is_initialized()
     if started_here:
         # The probe's workers' own log lines (torch's warnings) are not the bench's output.
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            logging_level="ERROR",
-            log_to_driver=False,
-        )
+        ray_backend.init_local(num_cpus=2, logging_level="ERROR", log_to_driver=False)
     try:
         actors = datacache.start("bench", {"cifar10"})
         try:

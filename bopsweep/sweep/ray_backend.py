@@ -11,10 +11,12 @@ stopper then ends the whole sweep, since every other trial would hit it too.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -127,17 +129,54 @@ def _init_ray(address: str | None) -> None:
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as error:
             raise UserError(_connect_message(address, error)) from None
     else:
-        # address="local": never join a cluster that `ray start` left recorded here.
-        # Ray's raylet starts one idle worker per CPU for the first driver; Ray Tune
-        # runs trials in actors, which never reuse them: on a small machine their
-        # start (~0.6 s of CPU each) only slows Ray's own start.
+        init_local(**quiet)
+
+
+def init_local(**options: Any) -> None:
+    """Start a private Ray instance on loopback with only what a local sweep needs
+    (``options`` go to ``ray.init``: a test's ``num_cpus``, say)."""
+    import ray
+
+    # address="local": never join a cluster that `ray start` left recorded here.
+    # Ray's raylet starts one idle worker per CPU for the first driver; Ray Tune
+    # runs trials in actors, which never reuse them: on a small machine their
+    # start (~0.6 s of CPU each) only slows Ray's own start.
+    with _without_monitors():
         ray.init(
             address="local",
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             _system_config={"prestart_worker_first_driver": False},
-            **quiet,
+            **options,
         )
+
+
+@contextlib.contextmanager
+def _without_monitors() -> Iterator[None]:
+    """A local instance without Ray's autoscaler monitor and log monitor.
+
+    Both are Python processes that import Ray (2.2-3.0 s of CPU together on 2 cores,
+    beside the trials' start) and serve nothing a local sweep uses: one node never
+    scales, and the driver does not stream the workers' logs (``log_to_driver`` is
+    off; trials log through MLflow and their own files). ``ray start`` leaves them
+    out with ``--no-monitor`` and ``--include-log-monitor=False``; ``ray.init`` has
+    no such options, so they are set on the parameters it builds. A Ray without
+    these fields starts its usual processes."""
+    from ray._private import parameter
+
+    original = parameter.RayParams.__init__
+
+    def lean(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        if hasattr(self, "no_monitor") and hasattr(self, "include_log_monitor"):
+            self.no_monitor = True
+            self.include_log_monitor = False
+
+    parameter.RayParams.__init__ = lean
+    try:
+        yield
+    finally:
+        parameter.RayParams.__init__ = original
 
 
 def _connect_message(address: str, error: BaseException) -> str:

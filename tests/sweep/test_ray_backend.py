@@ -103,3 +103,19 @@ def test_a_zero_gpu_actor_sees_no_gpu_once_the_trial_starts(local_ray):
     inherited = ray.get(trial.visible.remote())
     assert ray.get(trial.enter.remote()) == ""
     assert inherited in ("0", "")  # "" where Ray blanks it itself (older Rays)
+
+
+def test_a_local_instance_starts_without_ray_s_monitors(local_ray):
+    """A local sweep's Ray runs its GCS, raylet and agents, but neither the autoscaler
+    monitor nor the log monitor (Python processes a one-node sweep has no use for)."""
+    import psutil
+
+    started = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            started.append(" ".join(child.cmdline()))
+        except psutil.Error:
+            continue
+    assert any("raylet" in command for command in started), started
+    assert any("gcs_server" in command for command in started), started
+    assert not [c for c in started if "monitor.py" in c], started  # monitor.py, log_monitor.py
