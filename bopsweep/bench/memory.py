@@ -104,8 +104,8 @@ def dataset_sharing_probe(plan: Plan, workdir: Path) -> dict[str, Any]:
 
     started_here = not ray.is_initialized()
     if started_here:
-        # The probe's workers' own log lines (torch's warnings) are not the bench's output.
-        ray_backend.init_local(num_cpus=2, logging_level="ERROR", log_to_driver=False)
+        # The probe's workers' own log lines (torch's warnings) stay in their log files.
+        ray_backend.init_local(num_cpus=2, logging_level="ERROR")
     try:
         actors = datacache.start("bench", {"cifar10"})
         try:

@@ -116,7 +116,6 @@ def _shorten(text: str, limit: int = 300) -> str:
 def _init_ray(address: str | None) -> None:
     import ray
 
-    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
         # Trials on a cluster run in worker processes started by each node's raylet,
         # not by this process: the MLflow credentials go to them with the job's
@@ -125,16 +124,22 @@ def _init_ray(address: str | None) -> None:
         in_a_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
         runtime_env = {"env_vars": env_vars} if env_vars and not in_a_job else None
         try:
-            ray.init(address=address, runtime_env=runtime_env, **quiet)
+            ray.init(
+                address=address,
+                runtime_env=runtime_env,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as error:
             raise UserError(_connect_message(address, error)) from None
     else:
-        init_local(**quiet)
+        init_local(logging_level=logging.WARNING)
 
 
 def init_local(**options: Any) -> None:
     """Start a private Ray instance on loopback with only what a local sweep needs
-    (``options`` go to ``ray.init``: a test's ``num_cpus``, say)."""
+    (``options`` go to ``ray.init``: a test's ``num_cpus``, say). Workers' output
+    stays in their log files: with no log monitor, nothing would stream it."""
     import ray
 
     # address="local": never join a cluster that `ray start` left recorded here.
@@ -147,6 +152,7 @@ def init_local(**options: Any) -> None:
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             _system_config={"prestart_worker_first_driver": False},
+            log_to_driver=False,
             **options,
         )
 
