@@ -5,7 +5,9 @@ else to the full-precision optimizer, with the schedules of the hparams expresse
 optimizer steps. One member (a plain run) gets the plain optimizers of
 :mod:`bopsweep.bnn.optim` and :mod:`bopsweep.bnn.case`; K > 1 members of a fused
 model get the fused ones of :mod:`bopsweep.bnn.fused`, each member with its own
-rates (bit-identical to K plain runs). Nothing here imports Ray or MLflow.
+rates (bit-identical to K plain runs). Nothing here imports Ray or MLflow. The
+optimizers run eagerly (:mod:`bopsweep.bnn.eager`): a process that trains never
+imports ``torch._dynamo`` for them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from bopsweep.bnn import eager
 from bopsweep.bnn.case import CaseOptimizer
 from bopsweep.bnn.fused import FusedBop, FusedCaseOptimizer, MemberOptimizers, SharedOptimizer
 from bopsweep.bnn.layers import binary_parameters
@@ -52,6 +55,7 @@ def build_optimizer(
 ) -> CaseOptimizer | FusedCaseOptimizer:
     """The case optimizer of ``model``: a plain model and one member's hparams, or a
     fused model (:func:`bopsweep.bnn.fused.fuse_models`) and each member's."""
+    eager.install()
     members = [hparams] if isinstance(hparams, HParams) else list(hparams)
     if len(members) > 1:
         return _fused_optimizer(model, members, steps_per_epoch)
