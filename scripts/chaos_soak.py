@@ -2,8 +2,8 @@
 
 Each round runs ``tests/e2e/test_chaos.py`` (a sweep SIGKILLed at random moments: a
 trial's worker, the driver, the tracking server; then the command rerun until it
-ends well, checked against an undisturbed run) unfused and fused, with the round's
-seed choosing the order of the kills and their moments. Prints one line per run
+ends well, checked against the same trials trained undisturbed) unfused and fused,
+with the round's seed choosing the order of the kills and their moments. Prints one line per run
 and a summary: rounds passed, the kills survived by kind, the reruns needed, wall
 times; ``--out FILE`` also writes them as JSON.
 
