@@ -12,6 +12,7 @@ stopper then ends the whole sweep, since every other trial would hit it too.
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import logging
 import os
@@ -516,4 +517,17 @@ def shutdown() -> None:
             node.kill_monitor(check_alive=False)
     except Exception:  # an optimisation: shutdown goes on
         logging.getLogger("bopsweep").debug("could not stop Ray's monitor", exc_info=True)
-    ray.shutdown()
+    # Ray Tune leaves reference cycles that hold actor handles and object refs. Freed
+    # by the garbage collector in whichever thread allocates next (the report's, which
+    # draws while Ray shuts down), their finalisers reach into the core worker while
+    # ray.shutdown() takes it down, and Ray then quits the process at once: exit code
+    # 1, and the terminal's buffered output lost. They are freed while Ray is up, and
+    # no collection runs in any thread until it is down.
+    gc.collect()
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        ray.shutdown()
+    finally:
+        if collecting:
+            gc.enable()

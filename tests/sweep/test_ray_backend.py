@@ -1,4 +1,6 @@
-"""Ray's errors as one line: a cluster's refusal keeps Ray's own cause."""
+"""Ray as a sweep uses it: its errors as one line (a cluster's refusal keeps Ray's own
+cause), a local instance's processes, a trial's GPUs, and a shutdown nothing can
+interrupt."""
 
 from __future__ import annotations
 
@@ -119,3 +121,47 @@ def test_a_local_instance_starts_without_ray_s_monitors(local_ray):
     assert any("raylet" in command for command in started), started
     assert any("gcs_server" in command for command in started), started
     assert not [c for c in started if "monitor.py" in c], started  # monitor.py, log_monitor.py
+
+
+SHUTDOWN_PROBE = """
+import gc, json, weakref
+import ray
+from bopsweep.sweep import ray_backend
+
+ray_backend.init_local(num_cpus=1, logging_level="ERROR")
+
+class Cycle:  # garbage only the collector frees, as Ray Tune's controller leaves
+    def __init__(self, ref):
+        self.ref, self.me = ref, self
+
+gc.disable()
+alive = weakref.ref(Cycle(ray.put(1)))
+gc.enable()
+seen = {}
+real_shutdown = ray.shutdown
+
+def shutdown(*args, **kwargs):
+    seen.update(garbage_left=alive() is not None, collecting=gc.isenabled())
+    real_shutdown(*args, **kwargs)
+
+ray.shutdown = shutdown
+ray_backend.shutdown()
+seen["collecting_after"] = gc.isenabled()
+print(json.dumps(seen))
+"""
+
+
+def test_ray_shuts_down_with_no_garbage_holding_its_handles_and_no_collection():
+    """Garbage holding object refs or actor handles, freed by a collection in another
+    thread while Ray shuts down (the report is drawn meanwhile), reaches into a core
+    worker being taken down, and Ray then quits the process with exit code 1."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_PROBE], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"garbage_left": False, "collecting": False, "collecting_after": True}
